@@ -1,0 +1,406 @@
+"""Typed run configuration: dataclasses with a docstring per field, validation, YAML load/save.
+
+A run is described by one `RunConfig` (model, data, objective, train sections). Every check raises
+`ConfigError` (a `ValueError`) with a message that names the field and says what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("sft", "dpo", "kd", "dckd", "adpa", "adpa_plus")
+TEACHER_METHODS = ("kd", "dckd", "adpa", "adpa_plus")
+ADVANTAGE_METHODS = ("adpa", "adpa_plus")
+PRESETS = ("reference-code",)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, out of range or contradicts another one."""
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    _check(value in choices, f"{name}={value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+
+
+@dataclass
+class ModelConfig:
+    student: str = "toy:student"
+    """The model to align: a hub id, a local folder, or `toy:student`."""
+    teacher: str | None = None
+    """The DPO-aligned teacher. With `teacher_adapter` set: the base model that adapter sits on."""
+    teacher_ref: str | None = None
+    """The reference (SFT) teacher the DPO teacher was trained from. ADPA needs it (or `teacher_adapter`)."""
+    teacher_adapter: str | None = None
+    """A peft LoRA adapter holding the DPO teacher on top of `teacher`; the reference teacher is then the
+    same base with the adapter switched off, so one base sits in memory. Leave `teacher_ref` unset."""
+    tokenizer: str | None = None
+    """Tokenizer to use; defaults to the student's. All models must share its vocabulary."""
+    lora: bool = False
+    """Train a LoRA adapter on the student instead of all its weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] | None = None
+    """Module names that get adapters; None picks a per-architecture default (attention + MLP projections)."""
+    teacher_quantization: str = "none"
+    """`none`, `4bit` (nf4, double quant) or `8bit` teacher weights via bitsandbytes."""
+    dtype: str = "auto"
+    """Weight dtype: `auto` (bf16 on a GPU that supports it, else float32), `float32`, `bfloat16`, `float16`."""
+    device: str = "auto"
+    """`auto` (CUDA when present), `cpu` or `cuda`."""
+    trust_remote_code: bool = False
+    """Allow model code shipped with a checkpoint to run. Off unless you trust the source."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.student), "model.student is empty; give a hub id, a local folder or toy:student")
+        _choice("model.teacher_quantization", self.teacher_quantization, ("none", "4bit", "8bit"))
+        _choice("model.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        _choice("model.device", self.device, ("auto", "cpu", "cuda"))
+        _check(self.lora_r > 0, f"model.lora_r={self.lora_r} must be a positive integer")
+        _check(self.lora_alpha > 0, f"model.lora_alpha={self.lora_alpha} must be positive")
+        _check(0.0 <= self.lora_dropout < 1.0, f"model.lora_dropout={self.lora_dropout} must be in [0, 1)")
+        if self.teacher_adapter is not None:
+            _check(self.teacher is not None, "model.teacher_adapter needs model.teacher (the adapter's base model)")
+            _check(
+                self.teacher_ref is None,
+                "model.teacher_adapter and model.teacher_ref are both set: with an adapter the reference "
+                "teacher is the base with the adapter off; remove model.teacher_ref",
+            )
+        if self.teacher_quantization != "none":
+            _check(self.teacher is not None, "model.teacher_quantization is set but there is no model.teacher")
+
+
+@dataclass
+class DataConfig:
+    train: str = "toy:preferences"
+    """Preference data: a hub id, a local .json/.jsonl/.parquet file, or `toy:preferences`."""
+    eval: str | None = None
+    """Held-out data for the evaluation loss; None uses `eval_split` of the same source when it exists."""
+    train_split: str = "train"
+    """Split name for hub datasets and toy data."""
+    eval_split: str = "test"
+    """Split used for evaluation when `eval` is None."""
+    max_length: int = 512
+    """Maximum prompt + response tokens of one sequence."""
+    max_prompt_length: int = 256
+    """Maximum prompt tokens; must leave room for the response (< max_length)."""
+    max_examples: int | None = None
+    """Use only the first N examples (after validation); None uses all."""
+    skip_bad_rows: bool = False
+    """Drop invalid rows (counted and logged with reasons) instead of stopping at the first one."""
+    truncation: str = "truncate"
+    """Responses longer than the budget: `truncate` them (keeping >= 1 token) or `drop` the row."""
+    padding_side: str = "right"
+    """Pad batches on the `right` or the `left`."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.train), "data.train is empty; give a hub id, a local file or toy:preferences")
+        _check(self.max_length > 1, f"data.max_length={self.max_length} must be > 1")
+        _check(self.max_prompt_length > 0, f"data.max_prompt_length={self.max_prompt_length} must be > 0")
+        _check(
+            self.max_prompt_length < self.max_length,
+            f"data.max_prompt_length={self.max_prompt_length} must be smaller than data.max_length="
+            f"{self.max_length} so that every example keeps at least one response token",
+        )
+        _check(
+            self.max_examples is None or self.max_examples > 0,
+            f"data.max_examples={self.max_examples} must be a positive integer or null",
+        )
+        _choice("data.truncation", self.truncation, ("truncate", "drop"))
+        _choice("data.padding_side", self.padding_side, ("right", "left"))
+
+
+@dataclass
+class ObjectiveConfig:
+    method: str = "sft"
+    """One of sft, dpo, kd, dckd, adpa, adpa_plus (DESIGN.md section 1)."""
+    preset: str | None = None
+    """`reference-code` reproduces the released code (top-50 cache, advantage clipped to [1e-8, 1-1e-8],
+    gamma 1.6). Never the default."""
+    reduction: str = "sequence"
+    """`sequence`: mean over each sequence's tokens, then over sequences; `token`: mean over all tokens."""
+    beta_dpo: float = 0.1
+    """DPO temperature (method dpo)."""
+    w_sft: float = 0.0
+    """Weight of the SFT term added to DPO."""
+    w_kl_chosen: float = 0.1
+    """Weight of KL(teacher || student) on the chosen response (kd, dckd)."""
+    w_kl_rejected: float = 0.1
+    """Weight of KL(teacher || student) on the rejected response (dckd)."""
+    gamma: float = 1.5
+    """Weight of the ADPA term (adpa, adpa_plus)."""
+    beta: float = 1.0
+    """Scale of the token advantage beta * (log pi_dpo - log pi_ref)."""
+    clip: list[float] | None = None
+    """Optional [lo, hi] clip applied to the advantage."""
+    support: str = "topk"
+    """Tokens the ADPA expectation runs over: the DPO teacher's `topk` (advantage 0 elsewhere) or `full`."""
+    k: int = 50
+    """Size of the top-k support / cache."""
+    use_reference: bool = True
+    """False: the no-reference ablation, advantage = beta * log pi_dpo over the full vocabulary."""
+    teacher_source: str = "online"
+    """`online`: teacher forwards every batch; `cache`: read a top-k cache built by `adpa cache-teacher`."""
+    teacher_cache: str | None = None
+    """Folder of the teacher cache (teacher_source=cache)."""
+    max_new_tokens: int = 128
+    """Length budget of the student's own greedy responses y_hat (adpa, adpa_plus)."""
+
+    def __post_init__(self) -> None:
+        _choice("objective.method", self.method, METHODS)
+        if self.preset is not None:
+            _choice("objective.preset", self.preset, PRESETS)
+            if self.preset == "reference-code":
+                self.k, self.clip, self.gamma, self.support = 50, [1e-8, 1 - 1e-8], 1.6, "topk"
+        _choice("objective.reduction", self.reduction, ("sequence", "token"))
+        _choice("objective.support", self.support, ("topk", "full"))
+        _choice("objective.teacher_source", self.teacher_source, ("online", "cache"))
+        for name in ("beta_dpo", "beta"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value > 0, f"objective.{name}={value} must be a positive number")
+        for name in ("w_sft", "w_kl_chosen", "w_kl_rejected", "gamma"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value >= 0, f"objective.{name}={value} must be >= 0")
+        _check(self.k >= 1, f"objective.k={self.k} must be >= 1")
+        _check(self.max_new_tokens >= 1, f"objective.max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.clip is not None:
+            _check(
+                len(self.clip) == 2 and float(self.clip[0]) < float(self.clip[1]),
+                f"objective.clip={self.clip} must be [lo, hi] with lo < hi, or null",
+            )
+            self.clip = [float(self.clip[0]), float(self.clip[1])]
+        if not self.use_reference:
+            _check(
+                self.support == "full",
+                "objective.use_reference=false (no-reference ablation) needs objective.support=full: with "
+                "top-k, the rest bin at advantage 0 would rank unlikely tokens above the teacher's choices",
+            )
+        if self.teacher_source == "cache":
+            _check(self.teacher_cache is not None, "objective.teacher_source=cache needs objective.teacher_cache")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    """Optimizer steps to run."""
+    batch_size: int = 8
+    """Examples per micro-batch on each process."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    learning_rate: float = 1e-4
+    """Peak learning rate (AdamW)."""
+    lr_schedule: str = "cosine"
+    """`cosine`, `linear` or `constant`, after a linear warmup."""
+    warmup_ratio: float = 0.1
+    """Fraction of max_steps spent warming up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 turns clipping off."""
+    mixed_precision: str = "no"
+    """`no`, `bf16` or `fp16` autocast (accelerate)."""
+    seed: int = 0
+    """Seed for data order, initialisation of adapters and dropout."""
+    log_every: int = 1
+    """Write a metrics line every N optimizer steps."""
+    eval_every: int = 0
+    """Evaluation loss on the held-out split every N steps; 0 turns it off."""
+    eval_examples: int = 64
+    """Held-out examples used for the evaluation loss."""
+    save_every: int = 0
+    """Checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    chunked_loss: str = "auto"
+    """`auto`, `on` or `off`: compute log-probs chunk by chunk from hidden states (no full (B,T,V) tensor)."""
+    chunk_size: int = 1024
+    """Tokens per chunk of the chunked loss path."""
+    gradient_checkpointing: bool = False
+    """Recompute student activations in the backward pass to save memory."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "chunk_size", "keep_checkpoints"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"train.{name}={value} must be an integer >= 1")
+        for name in ("eval_every", "save_every", "eval_examples"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 0, f"train.{name}={value} must be an integer >= 0")
+        _check(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            f"train.learning_rate={self.learning_rate} must be a positive number (e.g. 1e-4)",
+        )
+        _choice("train.lr_schedule", self.lr_schedule, ("cosine", "linear", "constant"))
+        _check(0.0 <= self.warmup_ratio < 1.0, f"train.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        _check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
+        _check(self.max_grad_norm >= 0, f"train.max_grad_norm={self.max_grad_norm} must be >= 0")
+        _choice("train.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        _choice("train.chunked_loss", self.chunked_loss, ("auto", "on", "off"))
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    """Run name: the folder under `output_dir` (letters, digits, `-`, `_`, `.`)."""
+    output_dir: str = "runs"
+    """Folder that holds run directories."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name) and self.name not in (".", ".."),
+            f"name={self.name!r} must be non-empty and use only letters, digits, '-', '_' and '.'",
+        )
+        method = self.objective.method
+        if method in TEACHER_METHODS:
+            _check(
+                self.model.teacher is not None or self.objective.teacher_source == "cache",
+                f"objective.method={method} needs a teacher: set model.teacher (or a teacher cache)",
+            )
+        if method in ADVANTAGE_METHODS and self.objective.use_reference and self.objective.teacher_source == "online":
+            _check(
+                self.model.teacher_ref is not None or self.model.teacher_adapter is not None,
+                f"objective.method={method} needs the reference teacher: set model.teacher_ref, or "
+                "model.teacher_adapter (reference = base with the adapter off), or objective.use_reference=false",
+            )
+        if self.train.mixed_precision == "fp16" and self.model.dtype == "bfloat16":
+            raise ConfigError(
+                "train.mixed_precision=fp16 contradicts model.dtype=bfloat16; use mixed_precision=bf16 or no"
+            )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ---------------------------------------------------------------- dict / YAML conversion
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Checks `value` against a resolved field annotation; YAML-style strings become floats."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is list:
+        _check(isinstance(value, list | tuple), f"{where}={value!r} must be a list")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if annotation is bool:
+        _check(isinstance(value, bool), f"{where}={value!r} must be true or false")
+        return value
+    if annotation is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}={value!r} must be an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads "1e-4" as a string
+            except ValueError:
+                pass
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool), f"{where}={value!r} must be a number"
+        )
+        return float(value)
+    if annotation is str:
+        _check(isinstance(value, str), f"{where}={value!r} must be a string")
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    _check(isinstance(data, dict), f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; valid keys here: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        sub = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], value if value is not None else {}, sub)
+        else:
+            kwargs[name] = _coerce(value, hints[name], sub)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Builds and validates a RunConfig from nested plain data."""
+    return _build(RunConfig, data, "")
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies `key.sub=value` overrides (value parsed as YAML) to nested plain data, in place."""
+    for item in overrides:
+        _check("=" in item, f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        _check(all(parts), f"override {item!r} has an empty key part")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            _check(isinstance(node, dict), f"override {item!r}: {part} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from exc
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Loads a YAML run config (safe loader), applies `--set` overrides and validates."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    data = {} if data is None else data
+    _check(isinstance(data, dict), f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return config_from_dict(apply_overrides(data, overrides or []))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Writes the full resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import torch
+
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+# Tests never touch ~/.cache/adpa: one home per test session (set ADPA_TEST_HOME to reuse a built toy world).
+os.environ["ADPA_HOME"] = os.environ.get("ADPA_TEST_HOME") or tempfile.mkdtemp(prefix="adpa-test-home-")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
