@@ -1,0 +1,449 @@
+"""Model loading: the student (full or LoRA), frozen teachers (optionally 4/8-bit), the tokenizer contract.
+
+Small functions that map a `ModelConfig` to library objects; no training logic. Errors:
+`ModelLoadError` (an `OSError`, like the errors transformers raises for missing models) when a path is
+missing or holds no model / tokenizer; `TokenizerMismatchError` (a `ValueError`) when models do not share
+one vocabulary (DESIGN.md section 1).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from .config import ModelConfig
+from .paths import resolve_model_path
+
+# Llama-style decoders (also Qwen2/3, Mistral, Gemma, SmolLM2, Danube): attention + MLP projections.
+LLAMA_STYLE_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+# bitsandbytes' packed 4-bit CPU kernel: output sizes in blocks of 32, input sizes in quant blocks of 64.
+BNB_CPU_BLOCK_N, BNB_CPU_BLOCK_K = 32, 64
+_HUB_ID = re.compile(r"^[A-Za-z0-9_][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelLoadError(OSError):
+    """A model, adapter or tokenizer path is missing, holds no model, or cannot be loaded."""
+
+
+class TokenizerMismatchError(ValueError):
+    """Two models do not share one vocabulary, or a model has fewer embedding rows than the tokenizer."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: CUDA when present, else CPU; any other name is passed to `torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto`: bf16 on a CUDA device that supports it, else float32 (CPU half precision is slow and lossy)."""
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _resolve(name: str, what: str, marker: tuple[str, ...]) -> str:
+    """Resolves `toy:` names and checks that a local folder holds one of the `marker` files.
+
+    Hub ids pass through; they fail fast in `_load` when offline.
+    """
+    try:
+        path = resolve_model_path(name)
+    except FileNotFoundError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    local = Path(path).expanduser()
+    if (local / "final").is_dir():  # a run directory: its trained model
+        local = local / "final"
+    if local.exists():
+        if not local.is_dir() or not any((local / f).exists() for f in marker):
+            raise ModelLoadError(f"{local} holds no {what} (expected one of {', '.join(marker)})")
+        return str(local)
+    if not _HUB_ID.match(path):
+        raise ModelLoadError(f"{what} path {path} does not exist")
+    return path
+
+
+def _load(fn: Any, path: str, what: str, **kwargs: Any) -> Any:
+    try:
+        return fn(path, **kwargs)
+    except (OSError, ValueError) as exc:  # transformers raises both; offline hub ids end up here at once
+        raise ModelLoadError(
+            f"could not load the {what} from {path!r} (not a local folder? offline?): {exc}"
+        ) from exc
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """Loads a tokenizer (`toy:` names, local folders, hub ids); sets a pad token when it has none."""
+    path = _resolve(name_or_path, "tokenizer", TOKENIZER_FILES)
+    tok = _load(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # Padding positions are masked (attention mask, labels -100), so reusing EOS as pad is harmless.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _device_map(device: torch.device) -> dict[str, str]:
+    return {"": str(torch.device("cuda", 0) if device.type == "cuda" and device.index is None else device)}
+
+
+def _load_causal_lm(path: str, cfg: ModelConfig, device: torch.device, quant: Any = None) -> nn.Module:
+    kwargs: dict[str, Any] = {
+        "dtype": pick_dtype(cfg.dtype, device),
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    if quant is not None:  # bitsandbytes places the weights while loading; .to() is not allowed afterwards
+        kwargs.update(quantization_config=quant, device_map=_device_map(device))
+    model = _load(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
+    return model if quant is not None else model.to(device)
+
+
+def default_lora_targets(model: nn.Module) -> list[str] | str:
+    """q/k/v/o + gate/up/down projections for Llama-style models; else peft's `all-linear` (not lm_head)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    present = [t for t in LLAMA_STYLE_TARGETS if t in names]
+    return present if model_type in LLAMA_STYLE_TYPES and present else "all-linear"
+
+
+def load_student(cfg: ModelConfig, device: torch.device | str | None = None) -> nn.Module:
+    """The trainable student in train mode: all weights, or a fresh LoRA adapter (base frozen) if `cfg.lora`.
+
+    Seed the adapter init yourself (`torch.manual_seed`) before calling.
+    """
+    device = pick_device(cfg.device) if device is None else torch.device(device)
+    path = _resolve(cfg.student, "model", ("config.json", "adapter_config.json"))
+    adapter = _adapter_base(path)
+    if adapter is None:
+        model = _load_causal_lm(path, cfg, device)
+    else:  # e.g. ADPA+ from a LoRA DCKD run: that student is the base with its adapter merged in
+        model = _load_causal_lm(_resolve(adapter, "model", ("config.json",)), cfg, device)
+        model = _load(lambda p: PeftModel.from_pretrained(model, p), path, "LoRA adapter").merge_and_unload()
+    if cfg.lora:
+        targets = cfg.lora_target_modules or default_lora_targets(model)
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model.train()
+
+
+def _adapter_base(path: str) -> str | None:
+    """The base model of a peft adapter folder, or None when `path` holds full weights."""
+    config = Path(path) / "adapter_config.json"
+    if not config.exists() or (Path(path) / "config.json").exists():
+        return None
+    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"{config} names no base model (base_model_name_or_path)")
+    return base
+
+
+def load_inference_model(
+    name: str, device: torch.device | str | None = None, dtype: str = "auto"
+) -> tuple[nn.Module, Any]:
+    """(frozen model, tokenizer) for generation: a folder, hub id, `toy:` name, run directory or adapter."""
+    cfg = ModelConfig(student=name, dtype=dtype)
+    device = pick_device(cfg.device) if device is None else torch.device(device)
+    path = _resolve(name, "model", ("config.json", "adapter_config.json"))
+    base = _adapter_base(path)
+    if base is None:
+        model = _load_causal_lm(path, cfg, device)
+    else:
+        model = _load_causal_lm(_resolve(base, "model", ("config.json",)), cfg, device)
+        model = _load(lambda p: PeftModel.from_pretrained(model, p, is_trainable=False), path, "LoRA adapter")
+    return freeze(model), load_tokenizer(path)
+
+
+def _quantization_config(path: str, cfg: ModelConfig, device: torch.device) -> BitsAndBytesConfig | None:
+    if cfg.teacher_quantization == "none":
+        return None
+    if cfg.teacher_quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    skip = _cpu_4bit_skips(path, cfg) if device.type == "cpu" else None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=pick_dtype(cfg.dtype, device),
+        llm_int8_skip_modules=skip,
+    )
+
+
+def cpu_4bit_unsupported(model: nn.Module) -> list[str]:
+    """Names of the Linear layers (output layer excluded) that bitsandbytes' 4-bit CPU kernel cannot run.
+
+    Its packed kernel (used on AVX512-BF16 CPUs, in the no-grad forward) needs out_features % 32 == 0
+    ("N must be divisible by block_n") and in_features % 64 == 0 (the quantization block size).
+    """
+    head = model.get_output_embeddings()
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+        and m is not head
+        and (m.out_features % BNB_CPU_BLOCK_N or m.in_features % BNB_CPU_BLOCK_K)
+    ]
+
+
+def _cpu_4bit_skips(path: str, cfg: ModelConfig) -> list[str] | None:
+    """Layers the 4-bit CPU kernel cannot run stay unquantized, with a warning (None: all fit).
+
+    We do not probe CPU flags, so the behaviour is the same on every CPU.
+    """
+    config = _load(AutoConfig.from_pretrained, path, "model config", trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):  # shapes only, no memory
+        meta = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    bad = cpu_4bit_unsupported(meta)
+    if not bad:
+        return None
+    warnings.warn(
+        f"4-bit on CPU: {len(bad)} Linear layers of {path} (e.g. {bad[0]}) have an output size that is not a "
+        f"multiple of {BNB_CPU_BLOCK_N} or an input size that is not a multiple of {BNB_CPU_BLOCK_K}; "
+        "bitsandbytes' CPU kernel cannot run them, so they stay unquantized. Use such layer sizes, "
+        "or teacher_quantization=none, to avoid this.",
+        stacklevel=3,
+    )
+    head = meta.get_output_embeddings()
+    heads = {name for name, m in meta.named_modules() if m is head}
+    # Setting a skip list replaces bitsandbytes' default one, so the output layer is listed again.
+    return sorted(re.escape(name) for name in heads | set(bad))
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """eval() and no gradients: a teacher or reference model."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_teacher(
+    path: str, cfg: ModelConfig, device: torch.device | str | None = None, adapter: str | None = None
+) -> nn.Module:
+    """A frozen teacher (`cfg.teacher_quantization` applies); with `adapter`, a frozen PeftModel on it."""
+    device = pick_device(cfg.device) if device is None else torch.device(device)
+    path = _resolve(path, "model", ("config.json",))
+    model = _load_causal_lm(path, cfg, device, _quantization_config(path, cfg, device))
+    if adapter is not None:
+        adapter_path = _resolve(adapter, "LoRA adapter", ("adapter_config.json",))
+        load_adapter = lambda p: PeftModel.from_pretrained(model, p, is_trainable=False)
+        model = _load(load_adapter, adapter_path, "LoRA adapter")
+    return freeze(model)
+
+
+class _AdapterOffHead(nn.Module):
+    """Calls an adapted output layer with the adapter switched off (reference teacher on a shared base)."""
+
+    def __init__(self, peft_model: PeftModel, head: nn.Module) -> None:
+        super().__init__()
+        self.peft_model, self.head = peft_model, head
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        with self.peft_model.disable_adapter():
+            return self.head(hidden)
+
+
+@dataclass
+class TeacherPair:
+    """The DPO teacher and its reference (SFT) teacher; frozen.
+
+    `shares_base`: `dpo` is a PeftModel and the reference is its base with the adapter off (one base in
+    memory). `ref` is None then, and also in the no-reference setting (`has_reference` False).
+    """
+
+    dpo: nn.Module
+    ref: nn.Module | None = None
+    shares_base: bool = False
+
+    @property
+    def has_reference(self) -> bool:
+        return self.shares_base or self.ref is not None
+
+    # no_grad, not inference_mode: the outputs enter losses next to tensors that need gradients.
+    @torch.no_grad()
+    def dpo_forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw: Any) -> Any:
+        """DPO teacher outputs, `.logits` (B, T, V); `**kw` goes to the model (e.g. output_hidden_states)."""
+        return self.dpo(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    @torch.no_grad()
+    def ref_forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw: Any) -> Any:
+        """Reference teacher outputs; `.logits` is (B, T, V)."""
+        if self.shares_base:
+            with self.dpo.disable_adapter():
+                return self.dpo(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        if self.ref is None:
+            raise ValueError(
+                "this teacher pair has no reference teacher (set teacher_ref or teacher_adapter)"
+            )
+        return self.ref(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    def output_layer(self, which: str = "dpo") -> nn.Module:
+        """The lm_head of `dpo` or `ref`: maps final hidden states (B, T, H) to logits (B, T, V).
+
+        Feed it `outputs.hidden_states[-1]` (already normed) of the same teacher's forward.
+        """
+        if which not in ("dpo", "ref"):
+            raise ValueError(f"which={which!r}: choose 'dpo' or 'ref'")
+        if which == "ref" and not self.shares_base:
+            if self.ref is None:
+                raise ValueError("this teacher pair has no reference teacher")
+            return self.ref.get_output_embeddings()
+        head = self.dpo.get_output_embeddings()
+        if which == "ref" and hasattr(head, "lora_A"):  # the adapter reaches the head: switch it off
+            return _AdapterOffHead(self.dpo, head)
+        return head
+
+
+def load_teacher_pair(
+    cfg: ModelConfig, device: torch.device | str | None = None, tokenizer: Any = None
+) -> TeacherPair:
+    """Loads the DPO teacher and the reference (two models, or one base + the DPO LoRA adapter).
+
+    Checks both against `tokenizer` (default: the student's, `cfg.tokenizer or cfg.student`).
+    """
+    if cfg.teacher is None:
+        raise ValueError("model.teacher is not set")
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.tokenizer or cfg.student, cfg.trust_remote_code)
+    dpo = load_teacher(cfg.teacher, cfg, device, adapter=cfg.teacher_adapter)
+    check_model_and_tokenizer(cfg.teacher, dpo, tokenizer, "teacher", cfg.trust_remote_code)
+    if cfg.teacher_adapter is not None:
+        return TeacherPair(dpo=dpo, shares_base=True)
+    ref = None
+    if cfg.teacher_ref is not None:
+        ref = load_teacher(cfg.teacher_ref, cfg, device)
+        check_model_and_tokenizer(cfg.teacher_ref, ref, tokenizer, "reference teacher", cfg.trust_remote_code)
+    return TeacherPair(dpo=dpo, ref=ref)
+
+
+def load_models(
+    cfg: ModelConfig, device: torch.device | str | None = None
+) -> tuple[Any, nn.Module, TeacherPair | None]:
+    """(tokenizer, student, teacher pair or None): everything a run needs, with all contracts checked."""
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.student, cfg.trust_remote_code)
+    student = load_student(cfg, device)
+    check_model_and_tokenizer(cfg.student, student, tokenizer, "student", cfg.trust_remote_code)
+    pair = load_teacher_pair(cfg, device, tokenizer) if cfg.teacher is not None else None
+    return tokenizer, student, pair
+
+
+# ---------------------------------------------------------------- tokenizer contract
+
+
+def _special_ids(tok: Any) -> set[int]:
+    return {i for i, t in tok.added_tokens_decoder.items() if t.special and i < len(tok)}
+
+
+def check_tokenizer_contract(
+    reference_tok: Any, other_tok: Any, names: tuple[str, str] = ("student", "teacher")
+) -> None:
+    """Raises TokenizerMismatchError at the first id whose token differs, or a differing special token.
+
+    Compares the id -> token maps on ids < len(tokenizer), bos/eos/unk and the added special tokens. The
+    pad token is not compared: only the student's tokenizer pads, and padded positions are masked.
+    """
+    a, b = names
+    inv = [{i: t for t, i in tok.get_vocab().items() if i < len(tok)} for tok in (reference_tok, other_tok)]
+    for i in range(max(len(reference_tok), len(other_tok))):
+        if inv[0].get(i) != inv[1].get(i):
+            raise TokenizerMismatchError(
+                f"{a} and {b} tokenizers differ first at id {i}: {a} has {inv[0].get(i)!r}, {b} has "
+                f"{inv[1].get(i)!r} ({a}: {len(reference_tok)} tokens, {b}: {len(other_tok)}); "
+                "all models must share one vocabulary"
+            )
+    for attr in ("bos_token", "eos_token", "unk_token"):
+        x, y = getattr(reference_tok, attr), getattr(other_tok, attr)
+        if x != y:
+            raise TokenizerMismatchError(f"{a} and {b} tokenizers have different {attr}: {x!r} vs {y!r}")
+    only = _special_ids(reference_tok) ^ _special_ids(other_tok)
+    if only:
+        i = min(only)
+        raise TokenizerMismatchError(
+            f"{a} and {b} tokenizers disagree on whether {inv[0].get(i)!r} (id {i}) is a special token"
+        )
+
+
+def check_model_fits_tokenizer(model: nn.Module, tokenizer: Any, name: str = "model") -> None:
+    """Embedding rows >= len(tokenizer) is fine (padded rows are ignored); fewer is an error."""
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < len(tokenizer):
+        raise TokenizerMismatchError(
+            f"the {name} has {rows} embedding rows but the tokenizer has {len(tokenizer)} tokens; "
+            "they must come from the same vocabulary"
+        )
+
+
+def check_model_and_tokenizer(
+    path: str, model: nn.Module, tokenizer: Any, name: str, trust_remote_code: bool = False
+) -> None:
+    """Checks `model` (loaded from `path`) and the tokenizer saved with it, if any, against `tokenizer`."""
+    check_model_fits_tokenizer(model, tokenizer, name)
+    try:
+        own = load_tokenizer(path, trust_remote_code)
+    except ModelLoadError:
+        warnings.warn(
+            f"no tokenizer could be loaded from {path}; checked its embedding size only", stacklevel=2
+        )
+        return
+    check_tokenizer_contract(tokenizer, own, ("student", name))
+
+
+# ---------------------------------------------------------------- saving and reference models
+
+
+def save_student(model: nn.Module, tokenizer: Any, path: str | Path, merge: bool = False) -> dict[str, Path]:
+    """Saves the (unwrapped) student with its tokenizer; returns the folders written.
+
+    LoRA: the peft adapter in `path` (`adapter`), and with `merge=True` full merged weights in
+    `path/merged` (`merged`, loadable with AutoModelForCausalLM). The merge runs on a deep copy, so the
+    training model keeps its adapter (at the cost of one extra model in memory while saving).
+    Full fine-tuning: `save_pretrained` into `path` (`model`); `merge` has nothing to do.
+    """
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    if not isinstance(model, PeftModel):
+        return {"model": path}
+    out = {"adapter": path}
+    if merge:
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(path / "merged")
+        tokenizer.save_pretrained(path / "merged")
+        out["merged"] = path / "merged"
+    return out
+
+
+@contextmanager
+def adapter_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Runs a peft model with its adapter off (DPO with a LoRA student: the reference is the base).
+
+    Raises TypeError for a non-peft model: use `frozen_copy(model)`, taken before training, as the reference.
+    """
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"{type(model).__name__} has no adapter; use frozen_copy(model) as the reference")
+    with model.disable_adapter():
+        yield model
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen deep copy (eval, no gradients): the reference for DPO with a fully fine-tuned student."""
+    return freeze(copy.deepcopy(model))
