@@ -1,74 +1,219 @@
-"""The `adpa` command (DESIGN.md section 3). Each subcommand is a thin wrapper over the library."""
+"""The `adpa` command (DESIGN.md section 3). Each subcommand is a thin wrapper over the library.
+
+Heavy imports happen inside the handlers, so `adpa --help` is instant. Errors a user can fix (bad config,
+bad data, missing model, stale cache...) print one `error:` line and exit 2; bugs keep their traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
+EXIT_USER_ERROR = 2
 EXIT_NOT_BUILT = 3
 
-SUBCOMMANDS: dict[str, str] = {
-    "toy": "build the offline toy world (data, tokenizer, teachers, student)",
-    "train": "one alignment run (sft | dpo | kd | dckd | adpa | adpa_plus) from a YAML config",
-    "generate": "student responses (y_hat) or chat outputs to JSONL",
-    "cache-teacher": "top-k teacher (and reference teacher) log-prob cache",
-    "advantages": "per-token teacher advantages of a (prompt, response)",
-    "eval": "rewards and win rates of runs",
-    "reproduce": "the method table on the toy world",
-    "workbench": "the Gradio workbench in the browser",
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .config import ConfigError
+    from .data import DataError
+    from .models import ModelLoadError, TokenizerMismatchError
+    from .runs import CheckpointError
+    from .teacher import StaleCacheError
+    from .train import NonFiniteLossError
+
+    return (
+        ConfigError,
+        DataError,
+        ModelLoadError,
+        TokenizerMismatchError,
+        CheckpointError,
+        StaleCacheError,
+        NonFiniteLossError,
+        FileExistsError,
+        FileNotFoundError,
+    )
+
+
+def _load_cfg(args: argparse.Namespace) -> Any:
+    from .config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML run config (see configs/)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.max_steps=50",
+    )
+
+
+# ---------------------------------------------------------------- train
+
+
+def _args_train(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the run from its last valid checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import RunCancelled, run_training
+
+    cfg = _load_cfg(args)
+
+    def cancel(signum: int, frame: Any) -> None:
+        raise RunCancelled(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, cancel)
+    try:
+        last = run_training(cfg, resume=args.resume, progress=not args.quiet)
+    except RunCancelled:
+        print(f"run {cfg.run_dir} cancelled; resume it with --resume", file=sys.stderr)
+        return 130
+    print(json.dumps({"run": str(cfg.run_dir), "step": last.get("step"), "loss": last.get("loss")}))
+    return 0
+
+
+# ---------------------------------------------------------------- cache-teacher
+
+
+def _args_cache(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p)
+    p.add_argument(
+        "--out", help="cache folder (default: objective.teacher_cache, else <run dir>/teacher_cache)"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per teacher forward")
+    p.add_argument(
+        "--dtype", default="float16", choices=("float16", "bfloat16", "float32"), help="log-prob storage"
+    )
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from .teacher import build_teacher_cache
+
+    meta = build_teacher_cache(_load_cfg(args), args.out, args.batch_size, args.dtype)
+    print(json.dumps({k: meta[k] for k in ("tokens", "k", "bytes_per_token", "tokens_per_s") if k in meta}))
+    return 0
+
+
+# ---------------------------------------------------------------- generate
+
+
+def _args_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model folder, hub id, toy:student, or a run directory")
+    p.add_argument("--data", required=True, help="prompts: a preference / SFT / prompt file, or toy:prompts")
+    p.add_argument("--split", default="test", help="split for hub and toy data (default: test)")
+    p.add_argument("--out", required=True, help="output JSONL, one record per prompt keyed by id")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .data import load_prompts
+    from .generate import generate, write_generations_jsonl
+    from .models import load_inference_model
+
+    model, tokenizer = load_inference_model(args.model)
+    rows = load_prompts(args.data, split=args.split, max_examples=args.limit)
+    gens = generate(
+        model,
+        tokenizer,
+        [r["prompt"] for r in rows],
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    write_generations_jsonl(args.out, [r["id"] for r in rows], [r["prompt"] for r in rows], gens)
+    stopped = sum(g.stopped for g in gens)
+    print(json.dumps({"out": args.out, "prompts": len(rows), "stopped": stopped}))
+    return 0
+
+
+# ---------------------------------------------------------------- registry
+
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None, Handler | None]] = {
+    "toy": ("build the offline toy world (data, tokenizer, teachers, student)", None, None),
+    "train": (
+        "one alignment run (sft | dpo | kd | dckd | adpa | adpa_plus) from a YAML config",
+        _args_train,
+        _cmd_train,
+    ),
+    "generate": ("student responses (y_hat) or chat outputs to JSONL", _args_generate, _cmd_generate),
+    "cache-teacher": ("top-k teacher (and reference teacher) log-prob cache", _args_cache, _cmd_cache),
+    "advantages": ("per-token teacher advantages of a (prompt, response)", None, None),
+    "eval": ("rewards and win rates of runs", None, None),
+    "reproduce": ("the method table on the toy world", None, None),
+    "workbench": ("the Gradio workbench in the browser", None, None),
 }
 
-# Subcommand name -> handler(args) -> exit code. Modules register here as they are built.
-HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+def register(
+    name: str, help_text: str, add_args: Callable[[argparse.ArgumentParser], None], handler: Handler
+) -> None:
+    """Used by modules that provide a subcommand (kept here so the command list has one home)."""
+    SUBCOMMANDS[name] = (help_text, add_args, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adpa",
-        description="ADPA Lab: align small language models by distilling preference knowledge from an aligned "
-        "teacher (DCKD, ADPA, ADPA+).",
+        description="ADPA Lab: align small language models by distilling preference knowledge from an "
+        "aligned teacher (DCKD, ADPA, ADPA+).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help_text in SUBCOMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text)
+    for name, (help_text, add_args, handler) in SUBCOMMANDS.items():
+        shown = help_text if handler else f"{help_text} (not built yet)"
+        p = sub.add_parser(name, help=shown, description=help_text)
+        if add_args is not None:
+            add_args(p)
+        else:
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     sub.add_parser("demo", help=argparse.SUPPRESS)
     return parser
 
 
-def _not_built(name: str) -> int:
-    print(
-        f"adpa {name}: not built yet in this version of ADPA Lab. Available now: "
-        f"{', '.join(sorted(HANDLERS)) or 'the loss library (adpa_core.losses)'}.",
-        file=sys.stderr,
-    )
-    return EXIT_NOT_BUILT
-
-
-def _demo(_: argparse.Namespace) -> int:
+def _demo() -> int:
     """`make demo`: launches the workbench once it exists; until then says what there is."""
-    if "workbench" in HANDLERS:
-        return HANDLERS["workbench"](_)
+    built = [n for n, (_, _, h) in SUBCOMMANDS.items() if h is not None]
+    if "workbench" in built:
+        return main(["workbench"])
     print("ADPA Lab — the workbench is not built yet. What exists now:")
-    print("  adpa_core.config   typed run configs with validation (YAML load/save, --set overrides)")
-    print("  adpa_core.losses   exact DCKD / ADPA / DPO losses (see README)")
-    print("  make test          runs the test suite offline")
-    print("Commands: " + ", ".join(f"adpa {n}" + ("" if n in HANDLERS else " (not built yet)") for n in SUBCOMMANDS))
+    print("  adpa_core.losses     exact DCKD / ADPA / DPO losses, with top-k (cached teacher) forms")
+    print("  adpa_core.models     LoRA students, 4-bit teachers, teacher pairs, the tokenizer contract")
+    print("  adpa_core.data       validated preference / SFT data, chat-template tokenization, collation")
+    print("  adpa_core.train      the training loop for sft, dpo, kd, dckd, adpa, adpa_plus")
+    print("Commands available: " + ", ".join(f"adpa {n}" for n in built))
+    print("Run `make test` to run the test suite, `.venv/bin/adpa --help` for the command line.")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, _rest = parser.parse_known_args(argv)
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     if args.command == "demo":
-        return _demo(args)
-    handler = HANDLERS.get(args.command)
+        return _demo()
+    handler = SUBCOMMANDS[args.command][2]
     if handler is None:
-        return _not_built(args.command)
-    return handler(args)
+        print(f"adpa {args.command}: not built yet in this version of ADPA Lab.", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    try:
+        return handler(args)
+    except _user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ A run is described by one `RunConfig` (model, data, objective, train sections). 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -61,7 +62,8 @@ class ModelConfig:
     teacher_quantization: str = "none"
     """`none`, `4bit` (nf4, double quant) or `8bit` teacher weights via bitsandbytes."""
     dtype: str = "auto"
-    """Weight dtype: `auto` (bf16 on a GPU that supports it, else float32), `float32`, `bfloat16`, `float16`."""
+    """Weight dtype: `auto` (bf16 on a GPU that supports it, else float32), `float32`, `bfloat16` or
+    `float16`."""
     device: str = "auto"
     """`auto` (CUDA when present), `cpu` or `cuda`."""
     trust_remote_code: bool = False
@@ -76,20 +78,27 @@ class ModelConfig:
         _check(self.lora_alpha > 0, f"model.lora_alpha={self.lora_alpha} must be positive")
         _check(0.0 <= self.lora_dropout < 1.0, f"model.lora_dropout={self.lora_dropout} must be in [0, 1)")
         if self.teacher_adapter is not None:
-            _check(self.teacher is not None, "model.teacher_adapter needs model.teacher (the adapter's base model)")
+            _check(
+                self.teacher is not None,
+                "model.teacher_adapter needs model.teacher (the adapter's base model)",
+            )
             _check(
                 self.teacher_ref is None,
                 "model.teacher_adapter and model.teacher_ref are both set: with an adapter the reference "
                 "teacher is the base with the adapter off; remove model.teacher_ref",
             )
         if self.teacher_quantization != "none":
-            _check(self.teacher is not None, "model.teacher_quantization is set but there is no model.teacher")
+            _check(
+                self.teacher is not None, "model.teacher_quantization is set but there is no model.teacher"
+            )
 
 
 @dataclass
 class DataConfig:
     train: str = "toy:preferences"
     """Preference data: a hub id, a local .json/.jsonl/.parquet file, or `toy:preferences`."""
+    format: str = "preference"
+    """`preference` rows (prompt, chosen, rejected) or `sft` rows (prompt, response; method sft only)."""
     eval: str | None = None
     """Held-out data for the evaluation loss; None uses `eval_split` of the same source when it exists."""
     train_split: str = "train"
@@ -122,6 +131,7 @@ class DataConfig:
             self.max_examples is None or self.max_examples > 0,
             f"data.max_examples={self.max_examples} must be a positive integer or null",
         )
+        _choice("data.format", self.format, ("preference", "sft"))
         _choice("data.truncation", self.truncation, ("truncate", "drop"))
         _choice("data.padding_side", self.padding_side, ("right", "left"))
 
@@ -192,7 +202,9 @@ class ObjectiveConfig:
                 "top-k, the rest bin at advantage 0 would rank unlikely tokens above the teacher's choices",
             )
         if self.teacher_source == "cache":
-            _check(self.teacher_cache is not None, "objective.teacher_source=cache needs objective.teacher_cache")
+            _check(
+                self.teacher_cache is not None, "objective.teacher_source=cache needs objective.teacher_cache"
+            )
 
 
 @dataclass
@@ -233,6 +245,8 @@ class TrainConfig:
     """Tokens per chunk of the chunked loss path."""
     gradient_checkpointing: bool = False
     """Recompute student activations in the backward pass to save memory."""
+    save_merged: bool = False
+    """Also write merged full weights to final/merged (LoRA students)."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "chunk_size", "keep_checkpoints"):
@@ -266,20 +280,32 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(
-            bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name) and self.name not in (".", ".."),
+            bool(self.name)
+            and all(c.isalnum() or c in "-_." for c in self.name)
+            and self.name not in (".", ".."),
             f"name={self.name!r} must be non-empty and use only letters, digits, '-', '_' and '.'",
         )
         method = self.objective.method
+        _check(
+            self.data.format == "preference" or method == "sft",
+            f"data.format=sft has no rejected responses; objective.method={method} needs "
+            "data.format=preference",
+        )
         if method in TEACHER_METHODS:
             _check(
                 self.model.teacher is not None or self.objective.teacher_source == "cache",
                 f"objective.method={method} needs a teacher: set model.teacher (or a teacher cache)",
             )
-        if method in ADVANTAGE_METHODS and self.objective.use_reference and self.objective.teacher_source == "online":
+        if (
+            method in ADVANTAGE_METHODS
+            and self.objective.use_reference
+            and self.objective.teacher_source == "online"
+        ):
             _check(
                 self.model.teacher_ref is not None or self.model.teacher_adapter is not None,
                 f"objective.method={method} needs the reference teacher: set model.teacher_ref, or "
-                "model.teacher_adapter (reference = base with the adapter off), or objective.use_reference=false",
+                "model.teacher_adapter (reference = base with the adapter off), or "
+                "objective.use_reference=false",
             )
         if self.train.mixed_precision == "fp16" and self.model.dtype == "bfloat16":
             raise ConfigError(
@@ -317,16 +343,17 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         _check(isinstance(value, bool), f"{where}={value!r} must be true or false")
         return value
     if annotation is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}={value!r} must be an integer")
+        _check(
+            isinstance(value, int) and not isinstance(value, bool), f"{where}={value!r} must be an integer"
+        )
         return value
     if annotation is float:
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)  # YAML 1.1 reads "1e-4" as a string
-            except ValueError:
-                pass
         _check(
-            isinstance(value, int | float) and not isinstance(value, bool), f"{where}={value!r} must be a number"
+            isinstance(value, int | float) and not isinstance(value, bool),
+            f"{where}={value!r} must be a number",
         )
         return float(value)
     if annotation is str:
@@ -394,7 +421,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     data = {} if data is None else data
-    _check(isinstance(data, dict), f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    _check(
+        isinstance(data, dict),
+        f"{path}: the top level must be a mapping of sections, got {type(data).__name__}",
+    )
     try:
         return config_from_dict(apply_overrides(data, overrides or []))
     except ConfigError as exc:

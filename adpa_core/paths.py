@@ -28,7 +28,9 @@ def resolve_model_path(name: str) -> str:
         return name
     which = name[len(TOY_PREFIX) :]
     if which not in TOY_MODELS:
-        raise ValueError(f"unknown toy model {name!r}; choose one of {', '.join(TOY_PREFIX + m for m in TOY_MODELS)}")
+        raise ValueError(
+            f"unknown toy model {name!r}; choose one of {', '.join(TOY_PREFIX + m for m in TOY_MODELS)}"
+        )
     path = toy_dir() / which
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{name} is not built yet (looked in {path}); run `adpa toy build` first")
