@@ -1,0 +1,329 @@
+"""Teacher signals for training: online forwards, or a top-k cache read from disk.
+
+Both give a `TeacherTargets` per group of sequences, aligned with the student's labels (B, T):
+full-vocabulary logits (online) or the DPO teacher's top-k ids with their log-probs, the reference
+teacher's log-probs at the same ids, and the log of each teacher's remaining mass (the "rest" bin).
+
+Cache layout (`adpa cache-teacher`): `meta.json` (written last: its presence marks a complete cache),
+`index.json` mapping `<group>/<example id>` to `[shard, offset, length, token_hash]`, and shards
+`shard-NNNNN/{ids,dpo_logps,ref_logps,dpo_rest,ref_rest}.npy`, fixed-shape arrays (N, K) / (N,) that are
+memory-mapped on load. The token hash of each sequence detects a stale cache instead of silently using it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import RunConfig
+from .losses import IGNORE_INDEX, topk_rest_logp
+from .models import TeacherPair
+from .runs import atomic_write_json
+
+CACHE_FORMAT = 1
+LOGP_DTYPES = ("float16", "bfloat16", "float32")  # numpy has no bfloat16: stored as raw uint16 bits
+
+
+class StaleCacheError(RuntimeError):
+    """The teacher cache does not match the data, tokenizer or teachers of this run."""
+
+
+@dataclass
+class TeacherTargets:
+    """The teacher's view of one group of sequences, aligned with its labels (B, T)."""
+
+    dpo_logits: Tensor | None = None  # (B, T, V) online
+    ref_logits: Tensor | None = None  # (B, T, V) online, None without a reference teacher
+    topk_ids: Tensor | None = None  # (B, T, K) cached, sorted by the DPO teacher's log-prob
+    dpo_topk_logps: Tensor | None = None  # (B, T, K)
+    ref_topk_logps: Tensor | None = None  # (B, T, K) the reference's exact log-probs at the same ids
+    dpo_rest_logp: Tensor | None = None  # (B, T) log of the DPO teacher's mass outside the ids
+    ref_rest_logp: Tensor | None = None  # (B, T)
+
+    @property
+    def cached(self) -> bool:
+        return self.topk_ids is not None
+
+
+def sequence_hash(input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> str:
+    """A hash of one sequence's real tokens and counted positions (padding and its side do not matter)."""
+    keep = attention_mask.bool()
+    tokens = input_ids[keep].to(torch.int64).cpu().numpy().tobytes()
+    counted = (labels[keep] != IGNORE_INDEX).cpu().numpy().tobytes()
+    return hashlib.sha1(tokens + b"|" + counted).hexdigest()[:20]
+
+
+class OnlineTeacher:
+    """Runs the teacher pair on each batch (no grad); logits are cut to the shared vocabulary."""
+
+    def __init__(self, pair: TeacherPair, vocab_size: int):
+        self.pair, self.vocab_size = pair, vocab_size
+
+    def targets(self, batch: dict[str, Any], need_ref: bool) -> TeacherTargets:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        dpo = self.pair.dpo_forward(**inputs).logits[..., : self.vocab_size]  # (B, T, V)
+        ref = None
+        if need_ref:
+            ref = self.pair.ref_forward(**inputs).logits[..., : self.vocab_size]  # (B, T, V)
+        return TeacherTargets(dpo_logits=dpo, ref_logits=ref)
+
+
+# ---------------------------------------------------------------- cache: writing
+
+
+def cache_identity(cfg: RunConfig, vocab_size: int) -> dict[str, Any]:
+    """What a teacher cache must have been built with to serve a run (checked on load)."""
+    m = cfg.model
+    return {
+        "teacher": m.teacher,
+        "teacher_ref": m.teacher_ref,
+        "teacher_adapter": m.teacher_adapter,
+        "vocab_size": vocab_size,
+    }
+
+
+def build_teacher_cache(
+    cfg: RunConfig, out: str | Path | None = None, batch_size: int | None = None, logp_dtype: str = "float16"
+) -> dict[str, Any]:
+    """`adpa cache-teacher`: the top-k cache of the teacher pair on every sequence the run's teacher sees.
+
+    KD/DCKD: the chosen (and rejected) responses; ADPA: the student's own replies y_hat, generated first
+    (and kept in the run directory, where training reuses them).
+    """
+    from .data import collate
+    from .models import load_models
+    from .objectives import STUDENT_GROUPS, TEACHER_GROUPS
+    from .prepare import attach_yhat, load_rows
+    from .runs import RunDir
+
+    method = cfg.objective.method
+    groups = TEACHER_GROUPS.get(method)
+    if not groups:
+        raise ValueError(f"objective.method={method} uses no teacher; nothing to cache")
+    out = Path(out or cfg.objective.teacher_cache or RunDir(cfg.run_dir).path / "teacher_cache")
+    tokenizer, student, pair = load_models(cfg.model)
+    vocab = len(tokenizer)
+    k = min(cfg.objective.k, vocab)
+    rows = load_rows(cfg, tokenizer, "train")
+    if "yhat" in STUDENT_GROUPS[method]:
+        rows = attach_yhat(rows, cfg, student, tokenizer, RunDir(cfg.run_dir).generations_dir / "yhat.jsonl")
+    del student
+    device = next(pair.dpo.parameters()).device
+    # Only ADPA needs the reference teacher's log-probs (at the DPO teacher's top-k ids).
+    with_ref = method in ("adpa", "adpa_plus") and cfg.objective.use_reference and pair.has_reference
+    writer = CacheWriter(out, k, logp_dtype)
+    bs = batch_size or cfg.train.batch_size
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    for group in groups:
+        for start in tqdm(range(0, len(rows), bs), desc=f"caching teacher ({group})"):
+            part = rows[start : start + bs]
+            batch = collate(part, (group,), tokenizer.pad_token_id, cfg.data.padding_side)
+            batch = {key: (v.to(device) if key != "ids" else v) for key, v in batch.items()}
+            for b, entry in enumerate(topk_entry(pair, batch, k, vocab, with_ref)):
+                token_hash = sequence_hash(
+                    batch["input_ids"][b], batch["attention_mask"][b], batch["labels"][b]
+                )
+                writer.add(f"{group}/{batch['ids'][b]}", token_hash, entry)
+    seconds = time.perf_counter() - t0
+    meta = {
+        **cache_identity(cfg, vocab),
+        "groups": list(groups),
+        "has_reference": with_ref,
+        "data": cfg.data.train,
+        "build_seconds": seconds,
+    }
+    meta = writer.close(meta)
+    meta["tokens_per_s"] = meta["tokens"] / max(seconds, 1e-9)
+    return meta
+
+
+@torch.no_grad()
+def topk_entry(
+    pair: TeacherPair, batch: dict[str, Any], k: int, vocab_size: int, with_ref: bool
+) -> list[dict[str, np.ndarray]]:
+    """Top-k teacher arrays for each sequence of a batch, only at its counted positions."""
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
+    dpo = torch.log_softmax(pair.dpo_forward(**inputs).logits[..., :vocab_size].float(), -1)  # (B, T, V)
+    dpo_topk, ids = dpo.topk(min(k, vocab_size), dim=-1)  # (B, T, K)
+    entries: dict[str, Tensor] = {"ids": ids, "dpo_logps": dpo_topk, "dpo_rest": topk_rest_logp(dpo_topk)}
+    del dpo
+    if with_ref:
+        ref = torch.log_softmax(pair.ref_forward(**inputs).logits[..., :vocab_size].float(), -1)  # (B, T, V)
+        ref_topk = ref.gather(-1, ids)  # (B, T, K)
+        entries.update(ref_logps=ref_topk, ref_rest=topk_rest_logp(ref_topk))
+        del ref
+    counted = batch["labels"] != IGNORE_INDEX  # (B, T)
+    out = []
+    for b in range(counted.shape[0]):
+        out.append({name: t[b][counted[b]].cpu().numpy() for name, t in entries.items()})
+    return out
+
+
+class CacheWriter:
+    """Accumulates top-k entries and writes shards atomically; `close()` writes the index and meta."""
+
+    def __init__(self, path: str | Path, k: int, logp_dtype: str = "float16", shard_tokens: int = 1 << 20):
+        if logp_dtype not in LOGP_DTYPES:
+            raise ValueError(f"logp_dtype={logp_dtype!r}; choose one of {', '.join(LOGP_DTYPES)}")
+        self.path = Path(path)
+        self.k, self.logp_dtype, self.shard_tokens = k, logp_dtype, shard_tokens
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.index: dict[str, list] = {}
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.pending_tokens, self.shard, self.tokens, self.payload = 0, 0, 0, 0
+
+    def add(self, key: str, token_hash: str, entry: dict[str, np.ndarray]) -> None:
+        n = len(entry["ids"])
+        self.index[key] = [self.shard, self.pending_tokens, n, token_hash]
+        self.pending.append(entry)
+        self.pending_tokens += n
+        self.tokens += n
+        if self.pending_tokens >= self.shard_tokens:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        folder = self.tmp / f"shard-{self.shard:05d}"
+        folder.mkdir()
+        for name in self.pending[0]:
+            arr = np.concatenate([e[name] for e in self.pending])
+            if name == "ids":
+                arr = arr.astype(np.int32)
+            elif name.endswith("_logps"):
+                arr = _encode_logps(arr, self.logp_dtype)
+            else:
+                arr = arr.astype(np.float32)
+            np.save(folder / f"{name}.npy", arr)
+            self.payload += arr.nbytes
+        self.pending, self.pending_tokens = [], 0
+        self.shard += 1
+
+    def close(self, meta: dict[str, Any]) -> dict[str, Any]:
+        self._flush()
+        (self.tmp / "index.json").write_text(json.dumps(self.index), encoding="utf-8")
+        file_bytes = sum(p.stat().st_size for p in self.tmp.rglob("*.npy"))
+        meta = {
+            **meta,
+            "format": CACHE_FORMAT,
+            "k": self.k,
+            "logp_dtype": self.logp_dtype,
+            "tokens": self.tokens,
+            "shards": self.shard,
+            "bytes": file_bytes,
+            "bytes_per_token": self.payload / max(self.tokens, 1),  # array data, without file headers
+        }
+        atomic_write_json(self.tmp / "meta.json", meta)
+        os.replace(self.tmp, self.path)
+        return meta
+
+
+def _encode_logps(arr: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "float32":
+        return arr.astype(np.float32)
+    if dtype == "float16":
+        return np.maximum(arr, np.finfo(np.float16).min).astype(np.float16)
+    bits = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.bfloat16).view(torch.int16)
+    return bits.numpy().view(np.uint16)
+
+
+def _decode_logps(arr: np.ndarray, dtype: str) -> Tensor:
+    if dtype in ("float16", "float32"):
+        return torch.from_numpy(np.array(arr, dtype=np.float32))
+    return torch.from_numpy(np.asarray(arr).view(np.int16).copy()).view(torch.bfloat16).float()
+
+
+# ---------------------------------------------------------------- cache: reading
+
+
+class TeacherCache:
+    """A memory-mapped top-k teacher cache; `targets()` builds padded (B, T, K) tensors for a batch."""
+
+    def __init__(self, path: str | Path, expect: dict[str, Any] | None = None):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.exists():
+            raise StaleCacheError(
+                f"{self.path} is not a complete teacher cache (no meta.json); build it with "
+                "`adpa cache-teacher`"
+            )
+        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if self.meta.get("format") != CACHE_FORMAT:
+            raise StaleCacheError(
+                f"{self.path}: cache format {self.meta.get('format')} != {CACHE_FORMAT}; rebuild"
+            )
+        for key, want in (expect or {}).items():
+            if self.meta.get(key) != want:
+                raise StaleCacheError(
+                    f"{self.path} was built with {key}={self.meta.get(key)!r} but this run has {want!r}; "
+                    "rebuild it with `adpa cache-teacher` (a stale cache is never used)"
+                )
+        self.index = json.loads((self.path / "index.json").read_text(encoding="utf-8"))
+        self.k = int(self.meta["k"])
+        self._shards: dict[int, dict[str, np.ndarray]] = {}
+
+    @property
+    def has_reference(self) -> bool:
+        return bool(self.meta.get("has_reference"))
+
+    def _shard(self, i: int) -> dict[str, np.ndarray]:
+        if i not in self._shards:
+            folder = self.path / f"shard-{i:05d}"
+            self._shards[i] = {p.stem: np.load(p, mmap_mode="r") for p in folder.glob("*.npy")}
+        return self._shards[i]
+
+    def targets(self, batch: dict[str, Any], group: str) -> TeacherTargets:
+        labels = batch["labels"]  # (B, T)
+        bsz, length = labels.shape
+        counted = labels != IGNORE_INDEX
+        k = self.k
+        # Uncounted positions get a harmless uniform top-k with no rest mass; losses zero them anyway.
+        ids = torch.arange(k).expand(bsz, length, k).clone()
+        logps = {n: torch.full((bsz, length, k), -float(np.log(k))) for n in ("dpo", "ref")}
+        rests = {n: torch.full((bsz, length), -float("inf")) for n in ("dpo", "ref")}
+        dtype = self.meta["logp_dtype"]
+        for b, example_id in enumerate(batch["ids"]):
+            key = f"{group}/{example_id}"
+            if key not in self.index:
+                raise StaleCacheError(
+                    f"{self.path} has no entry for example {example_id!r} ({group}); rebuild it"
+                )
+            shard, offset, n, token_hash = self.index[key]
+            got = sequence_hash(batch["input_ids"][b], batch["attention_mask"][b], labels[b])
+            if got != token_hash or n != int(counted[b].sum()):
+                raise StaleCacheError(
+                    f"{self.path}: example {example_id!r} ({group}) was cached for different "
+                    "tokens; the data or tokenizer changed since `adpa cache-teacher` ran — rebuild the cache"
+                )
+            arrays = self._shard(shard)
+            rows = slice(offset, offset + n)
+            ids[b, counted[b]] = torch.from_numpy(np.array(arrays["ids"][rows], dtype=np.int64))
+            for name in ("dpo", "ref"):
+                if f"{name}_logps" in arrays:
+                    logps[name][b, counted[b]] = _decode_logps(arrays[f"{name}_logps"][rows], dtype)
+                    rests[name][b, counted[b]] = torch.from_numpy(np.array(arrays[f"{name}_rest"][rows]))
+        device = labels.device
+        has_ref = self.has_reference
+        return TeacherTargets(
+            topk_ids=ids.to(device),
+            dpo_topk_logps=logps["dpo"].to(device),
+            ref_topk_logps=logps["ref"].to(device) if has_ref else None,
+            dpo_rest_logp=rests["dpo"].to(device),
+            ref_rest_logp=rests["ref"].to(device) if has_ref else None,
+        )

@@ -1,0 +1,370 @@
+"""The training loop: `train(cfg)` yields one metrics dict per logged step and keeps the run directory.
+
+Explicit and short on purpose. One optimizer step = `grad_accum` micro-batches of `batch_size` examples on
+each of the accelerate processes; the data order is a seeded permutation per epoch, so position k of the
+stream is known without state and a resumed run reads exactly the batches an uninterrupted one would.
+Loss terms are normalised by their counts over the whole step (all micro-batches, all processes), so 2 x 4
+accumulation equals 8 x 1 and two processes equal one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from . import objectives as O
+from .checkpoint import load_state, rng_state, save_state
+from .config import RunConfig, save_config
+from .data import collate
+from .losses import sequence_logps
+from .models import adapter_disabled, frozen_copy, load_models, save_student
+from .prepare import attach_yhat, load_rows
+from .runs import RunDir
+from .teacher import OnlineTeacher, TeacherCache, cache_identity
+
+DATA_KEYS = ("input_ids", "attention_mask", "position_ids", "labels")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunCancelled(Exception):
+    """Raised (e.g. from a SIGTERM handler) to stop a run and mark it cancelled."""
+
+
+@dataclass
+class Session:
+    """Everything a running training job holds."""
+
+    cfg: RunConfig
+    run: RunDir
+    acc: Accelerator
+    tokenizer: Any
+    student: nn.Module
+    ctx: O.StepContext
+    rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    optimizer: Any
+    scheduler: Any
+    loop: dict[str, Any] = field(default_factory=lambda: {"step": 0, "tokens": 0, "elapsed_s": 0.0})
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return O.STUDENT_GROUPS[self.cfg.objective.method]
+
+
+def lr_lambda(cfg: RunConfig):
+    """Warmup then cosine / linear decay to 0, or constant."""
+    total, warmup = cfg.train.max_steps, int(round(cfg.train.warmup_ratio * cfg.train.max_steps))
+    schedule = cfg.train.lr_schedule
+
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return max(0.0, 1.0 - progress) if schedule == "linear" else 1.0
+
+    return fn
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+
+
+def micro_batch_rows(n: int, seed: int, index: int, batch_size: int, world: int, rank: int) -> list[int]:
+    """Row indices of micro-batch `index` for process `rank`: a slice of the seeded epoch stream."""
+    start = (index * world + rank) * batch_size
+    return [_epoch_order(n, seed, pos // n)[pos % n] for pos in range(start, start + batch_size)]
+
+
+def make_batch(
+    s: Session, rows: list[dict[str, Any]], groups: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    batch = collate(rows, groups or s.groups, s.tokenizer.pad_token_id, s.cfg.data.padding_side)
+    return {k: (v.to(s.acc.device) if k in DATA_KEYS else v) for k, v in batch.items()}
+
+
+def _teacher_fn(cfg: RunConfig, pair: Any, vocab_size: int):
+    if cfg.objective.teacher_source == "cache":
+        cache = TeacherCache(cfg.objective.teacher_cache, expect=cache_identity(cfg, vocab_size))
+        return lambda batch, group, need_ref: cache.targets(batch, group)
+    if pair is None:
+        return None
+    online = OnlineTeacher(pair, vocab_size)
+    return lambda batch, group, need_ref: online.targets(batch, need_ref)
+
+
+def _reference_fn(cfg: RunConfig, student: nn.Module, vocab_size: int):
+    """DPO's reference: the frozen initial student (LoRA: the same weights with the adapter off)."""
+    if cfg.objective.method != "dpo":
+        return None
+    frozen = None if cfg.model.lora else frozen_copy(student)
+
+    @torch.no_grad()
+    def fn(batch: dict[str, Any]) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        ctx = adapter_disabled(student) if frozen is None else nullcontext()
+        with ctx:
+            logits = (frozen or student)(**inputs).logits[..., :vocab_size]
+        return sequence_logps(logits, batch["labels"])  # (2B,)
+
+    return fn
+
+
+def setup(cfg: RunConfig, run: RunDir, acc: Accelerator) -> Session:
+    torch.manual_seed(cfg.train.seed)
+    model_cfg = cfg.model if cfg.objective.teacher_source == "online" else replace(cfg.model, teacher=None)
+    tokenizer, student, pair = load_models(model_cfg, device=acc.device)
+    if cfg.train.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+        if cfg.model.lora:
+            student.enable_input_require_grads()
+    vocab = len(tokenizer)
+    rows = load_rows(cfg, tokenizer, "train")
+    eval_rows = load_rows(cfg, tokenizer, "eval") if cfg.train.eval_every else []
+    if "yhat" in O.STUDENT_GROUPS[cfg.objective.method]:
+        with acc.main_process_first():
+            rows = attach_yhat(rows, cfg, student, tokenizer, run.generations_dir / "yhat.jsonl")
+            if eval_rows:
+                eval_rows = attach_yhat(
+                    eval_rows, cfg, student, tokenizer, run.generations_dir / "yhat_eval.jsonl"
+                )
+    reference = _reference_fn(cfg, student, vocab)
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    prepared, optimizer = acc.prepare(student, optimizer)
+    ctx = O.StepContext(prepared, cfg.objective, vocab, _teacher_fn(cfg, pair, vocab), reference)
+    return Session(cfg, run, acc, tokenizer, student, ctx, rows, eval_rows, optimizer, scheduler)
+
+
+def optimizer_step(s: Session) -> dict[str, float]:
+    """One optimizer step over `grad_accum` micro-batches; returns the step's metrics."""
+    cfg, acc = s.cfg, s.acc
+    accum, step = cfg.train.grad_accum, s.loop["step"]
+    batches = []
+    for i in range(accum):
+        idx = micro_batch_rows(
+            len(s.rows),
+            cfg.train.seed,
+            step * accum + i,
+            cfg.train.batch_size,
+            acc.num_processes,
+            acc.process_index,
+        )
+        batches.append(make_batch(s, [s.rows[j] for j in idx]))
+    norms = _global_sums(acc, [O.counts(b, s.groups, cfg.objective) for b in batches])
+    sums: dict[str, float] = defaultdict(float)
+    tokens = 0
+    for i, batch in enumerate(batches):
+        sync = nullcontext() if i == accum - 1 else acc.no_sync(s.ctx.student)
+        with sync, acc.autocast():
+            loss, metrics = O.loss_step(s.ctx, batch, norms)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"the loss became {float(loss.detach())} at step {step + 1}")
+            acc.backward(loss * acc.num_processes)  # DDP averages gradients; the counts are global
+        for k, v in metrics.items():
+            sums[k] += v
+        tokens += int(batch["attention_mask"].sum())
+    grad_norm = None
+    if cfg.train.max_grad_norm > 0:
+        grad_norm = float(acc.clip_grad_norm_(s.ctx.student.parameters(), cfg.train.max_grad_norm))
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    out = _term_values(cfg, _global_sums(acc, [dict(sums)]), norms)
+    out["lr"] = s.scheduler.get_last_lr()[0]
+    if grad_norm is not None:
+        out["grad_norm"] = grad_norm
+    out["tokens"] = float(_global_sums(acc, [{"t": float(tokens)}])["t"])
+    return out
+
+
+def _global_sums(acc: Accelerator, parts: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for p in parts for k in p})
+    local = torch.tensor(
+        [sum(p.get(k, 0.0) for p in parts) for k in keys], dtype=torch.float64, device=acc.device
+    )
+    total = acc.reduce(local, reduction="sum") if acc.num_processes > 1 else local
+    return dict(zip(keys, total.tolist(), strict=True))
+
+
+def _term_values(cfg: RunConfig, sums: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
+    """Each term's step value (numerator / count) and the weighted total `loss`."""
+    out: dict[str, float] = {}
+    loss = 0.0
+    for term, weight in O.term_weights(cfg.objective).items():
+        out[term] = sums.get(f"num/{term}", 0.0) / max(norms[term], 1.0)
+        loss += weight * out[term]
+    for extra in ("reward_accuracy", "reward_margin"):
+        if f"num/{extra}" in sums:
+            out[extra] = sums[f"num/{extra}"] / max(norms["dpo"], 1.0)
+    out["loss"] = loss
+    return out
+
+
+@torch.no_grad()
+def evaluate_loss(s: Session) -> dict[str, float]:
+    """The objective on the held-out rows (no gradient), with the model in eval mode."""
+    model = s.ctx.student
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = defaultdict(float)
+    norms: dict[str, float] = defaultdict(float)
+    bs = s.cfg.train.batch_size
+    try:
+        for start in range(0, len(s.eval_rows), bs):
+            batch = make_batch(s, s.eval_rows[start : start + bs])
+            counts = O.counts(batch, s.groups, s.cfg.objective)
+            with s.acc.autocast():
+                _, metrics = O.loss_step(s.ctx, batch, counts)
+            for k, v in metrics.items():
+                sums[k] += v
+            for k, v in counts.items():
+                norms[k] += v
+    finally:
+        model.train(was_training)
+    return {f"eval_{k}": v for k, v in _term_values(s.cfg, sums, norms).items()}
+
+
+def save_checkpoint(s: Session) -> None:
+    acc, run, step = s.acc, s.run, s.loop["step"]
+    tmp = run.checkpoints_dir / f".step-{step}.tmp"
+    if acc.is_main_process:
+        tmp = run.begin_checkpoint(step)
+    acc.wait_for_everyone()
+    torch.save(rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        save_state(tmp, acc.unwrap_model(s.ctx.student), s.optimizer, s.scheduler, s.loop)
+        run.commit_checkpoint(step, tmp)
+        run.prune_checkpoints(s.cfg.train.keep_checkpoints)
+    acc.wait_for_everyone()
+
+
+def _check_start(run: RunDir, resume: bool) -> None:
+    """Read-only: every process checks before any process writes."""
+    if run.exists() and not resume:
+        state = run.read_status().get("state")
+        if state != "queued" or run.read_metrics():
+            raise FileExistsError(
+                f"run directory {run.path} already exists (state {state}); use --resume to "
+                "continue it or choose another run name"
+            )
+
+
+def _resume(s: Session) -> None:
+    ckpt = s.run.latest_valid_checkpoint()
+    if ckpt is None:
+        return
+    s.loop = load_state(
+        ckpt, s.acc.unwrap_model(s.ctx.student), s.optimizer, s.scheduler, s.acc.process_index
+    )
+    if s.acc.is_main_process:
+        s.run.truncate_metrics(s.loop["step"])
+
+
+def train(cfg: RunConfig, *, resume: bool = False) -> Iterator[dict[str, Any]]:
+    """Runs `cfg` and yields each logged step's metrics; writes the run directory as it goes.
+
+    On success the student is in `final/` and status.json says `completed`; an exception marks the run
+    `failed` (with the error) and a `RunCancelled` / KeyboardInterrupt marks it `cancelled`. The last good
+    checkpoint is always kept.
+    """
+    run = RunDir(cfg.run_dir)
+    acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cfg.model.device == "cpu")
+    _check_start(run, resume)
+    acc.wait_for_everyone()
+    main = acc.is_main_process
+    if main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config_path)
+        run.set_status("running", step=0, max_steps=cfg.train.max_steps, error=None)
+    try:
+        s = setup(cfg, run, acc)
+        if resume:
+            _resume(s)
+        yield from _loop(s)
+        _finish(s)
+    except (KeyboardInterrupt, RunCancelled, GeneratorExit):
+        if main:
+            run.set_status("cancelled", error="cancelled by the user")
+        raise
+    except BaseException as exc:
+        if main:
+            tb = traceback.format_exc()[-4000:]
+            run.set_status("failed", error=f"{type(exc).__name__}: {exc}", traceback=tb)
+        raise
+
+
+def _loop(s: Session) -> Iterator[dict[str, Any]]:
+    cfg, run, acc = s.cfg, s.run, s.acc
+    t_cfg = cfg.train
+    while s.loop["step"] < t_cfg.max_steps:
+        t0 = time.perf_counter()
+        metrics = optimizer_step(s)
+        dt = time.perf_counter() - t0
+        s.loop["step"] += 1
+        s.loop["tokens"] += int(metrics.pop("tokens"))
+        s.loop["elapsed_s"] += dt
+        step = s.loop["step"]
+        record = {
+            "step": step,
+            **metrics,
+            "tokens_per_s": s.loop["tokens"] / max(s.loop["elapsed_s"], 1e-9),
+            "elapsed_s": s.loop["elapsed_s"],
+        }
+        evaluated = bool(t_cfg.eval_every) and step % t_cfg.eval_every == 0
+        if evaluated:
+            record.update(evaluate_loss(s))
+        if evaluated or step % t_cfg.log_every == 0 or step == t_cfg.max_steps:
+            if acc.is_main_process:
+                run.append_metrics(record)
+                eta = s.loop["elapsed_s"] / step * (t_cfg.max_steps - step)
+                run.set_status(
+                    "running", step=step, max_steps=t_cfg.max_steps, loss=record["loss"], eta_s=eta
+                )
+            yield record
+        if t_cfg.save_every and step % t_cfg.save_every == 0 and step < t_cfg.max_steps:
+            save_checkpoint(s)
+
+
+def _finish(s: Session) -> None:
+    save_checkpoint(s)
+    if s.acc.is_main_process:
+        paths = save_student(
+            s.acc.unwrap_model(s.ctx.student), s.tokenizer, s.run.final_dir, merge=s.cfg.train.save_merged
+        )
+        s.run.set_status("completed", step=s.loop["step"], final={k: str(v) for k, v in paths.items()})
+    s.acc.wait_for_everyone()
+
+
+def run_training(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Runs `train()` to the end with a tqdm bar; returns the last metrics."""
+    from tqdm.auto import tqdm
+
+    last: dict[str, Any] = {}
+    with tqdm(
+        total=cfg.train.max_steps, desc=f"{cfg.name} ({cfg.objective.method})", disable=not progress
+    ) as bar:
+        for record in train(cfg, resume=resume):
+            bar.n = record["step"]
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.refresh()
+            last = record
+    return last

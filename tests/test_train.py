@@ -1,0 +1,299 @@
+"""The training loop: every objective trains, the math is wired exactly, resume, accumulation, caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adpa_core import losses as L
+from adpa_core.config import METHODS
+from adpa_core.data import collate
+from adpa_core.generate import read_generations_jsonl
+from adpa_core.models import load_models
+from adpa_core.prepare import load_rows
+from adpa_core.runs import RunDir
+from adpa_core.teacher import StaleCacheError, build_teacher_cache
+from adpa_core.train import micro_batch_rows, run_training, train
+from tests.trainkit import build_world, make_cfg
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, str]:
+    return build_world(tmp_path_factory.mktemp("world"))
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in RunDir(run_dir).read_metrics()]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_objective_trains_and_its_loss_falls(world, tmp_path, method):
+    lr = 2e-3 if method == "dpo" else 1e-2
+    cfg = make_cfg(
+        world, tmp_path, method, train={"max_steps": 24, "learning_rate": lr, "lr_schedule": "constant"}
+    )
+    run_training(cfg, progress=False)
+    records = RunDir(cfg.run_dir).read_metrics()
+    assert [r["step"] for r in records] == list(range(1, 25))
+    terms = {
+        "sft": ["nll"],
+        "dpo": ["dpo", "reward_accuracy"],
+        "kd": ["nll", "kl_chosen"],
+        "dckd": ["nll", "kl_chosen", "kl_rejected"],
+        "adpa": ["nll", "adpa"],
+        "adpa_plus": ["nll", "adpa"],
+    }
+    for term in terms[method] + ["loss", "lr", "tokens_per_s", "elapsed_s"]:
+        assert all(term in r for r in records), term
+    losses = [r["loss"] for r in records]
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.05, losses
+    status = RunDir(cfg.run_dir).read_status()
+    assert status["state"] == "completed"
+    assert (cfg.run_dir / "final" / "config.json").exists()
+
+
+def _first_batch(cfg, tokenizer, rows):
+    idx = micro_batch_rows(len(rows), cfg.train.seed, 0, cfg.train.batch_size, 1, 0)
+    return [rows[i] for i in idx]
+
+
+@pytest.mark.parametrize("method", ["sft", "dckd", "adpa", "dpo"])
+def test_first_step_loss_equals_hand_computed(world, tmp_path, method):
+    """The loop feeds the right responses to the right teacher with the right weights."""
+    cfg = make_cfg(
+        world,
+        tmp_path,
+        method,
+        train={"max_steps": 1},
+        objective={
+            "method": method,
+            "w_kl_chosen": 0.3,
+            "w_kl_rejected": 0.2,
+            "gamma": 0.7,
+            "beta": 2.0,
+            "k": 9,
+            "max_new_tokens": 6,
+        },
+    )
+    record = next(iter(train(cfg)))
+    torch.manual_seed(cfg.train.seed)
+    tokenizer, student, pair = load_models(cfg.model, device="cpu")
+    rows = load_rows(cfg, tokenizer)
+    batch_rows = _first_batch(cfg, tokenizer, rows)
+    pad = tokenizer.pad_token_id
+
+    def fwd(model, group, rows_=batch_rows):
+        b = collate(rows_, (group,), pad)
+        with torch.no_grad():
+            return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]
+
+    s_c, lab_c = fwd(student, "chosen")
+    expected = L.nll_loss(s_c, lab_c)
+    if method == "dckd":
+        s_r, lab_r = fwd(student, "rejected")
+        expected = expected + 0.3 * L.forward_kl_loss(s_c, fwd(pair.dpo, "chosen")[0], lab_c)
+        expected = expected + 0.2 * L.forward_kl_loss(s_r, fwd(pair.dpo, "rejected")[0], lab_r)
+    if method == "adpa":
+        yhat = read_generations_jsonl(cfg.run_dir / "generations" / "yhat.jsonl")
+        ids = [r["id"] for r in batch_rows]
+        with_yhat = []
+        for r in batch_rows:
+            gen = yhat[r["id"]]["token_ids"]
+            full = r["prompt_input_ids"] + gen
+            labels = [-100] * (len(r["prompt_input_ids"]) - 1) + gen + [-100]
+            with_yhat.append({"id": r["id"], "yhat_input_ids": full, "yhat_labels": labels})
+        assert [r["id"] for r in with_yhat] == ids
+        s_y, lab_y = fwd(student, "yhat", with_yhat)
+        adv = L.token_advantages(
+            fwd(pair.dpo, "yhat", with_yhat)[0], fwd(pair.ref, "yhat", with_yhat)[0], beta=2.0, topk=9
+        )
+        expected = expected + 0.7 * L.adpa_loss_term(s_y, adv, lab_y)
+    if method == "dpo":
+        s_r, lab_r = fwd(student, "rejected")
+        lp_w, lp_l = L.sequence_logps(s_c, lab_c), L.sequence_logps(s_r, lab_r)
+        # the reference is the initial student itself: at step 1 the policy equals it -> log 2
+        expected = L.dpo_loss(lp_w, lp_l, lp_w, lp_l, beta=0.1)
+        assert abs(float(expected) - 0.6931472) < 1e-6
+    assert record["loss"] == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+
+
+def test_resume_after_interruption_matches_uninterrupted(world, tmp_path):
+    common = {"max_steps": 6, "save_every": 2, "learning_rate": 5e-3}
+    full = make_cfg(world, tmp_path / "a", "dckd", train=common)
+    run_training(full, progress=False)
+    part = make_cfg(world, tmp_path / "b", "dckd", train=common)
+    gen = train(part)
+    for record in gen:
+        if record["step"] == 3:  # stop after step 3: the last checkpoint is step 2
+            break
+    gen.close()
+    assert RunDir(part.run_dir).read_status()["state"] == "cancelled"
+    run_training(part, resume=True, progress=False)
+    a, b = _losses(full.run_dir), _losses(part.run_dir)
+    assert len(b) == 6
+    assert a == pytest.approx(b, rel=0, abs=1e-6)
+
+
+def test_gradient_accumulation_equals_one_big_batch(world, tmp_path):
+    big = make_cfg(
+        world,
+        tmp_path / "big",
+        "dckd",
+        train={"batch_size": 8, "grad_accum": 1, "max_steps": 3},
+        objective={"method": "dckd", "reduction": "token"},
+    )
+    small = make_cfg(
+        world,
+        tmp_path / "small",
+        "dckd",
+        train={"batch_size": 2, "grad_accum": 4, "max_steps": 3},
+        objective={"method": "dckd", "reduction": "token"},
+    )
+    run_training(big, progress=False)
+    run_training(small, progress=False)
+    assert _losses(big.run_dir) == pytest.approx(_losses(small.run_dir), rel=1e-5)
+    w_big = torch.load(RunDir(big.run_dir).checkpoint_dirs()[-1] / "optimizer.pt", weights_only=True)
+    w_small = torch.load(RunDir(small.run_dir).checkpoint_dirs()[-1] / "optimizer.pt", weights_only=True)
+    for k in w_big["state"]:
+        torch.testing.assert_close(
+            w_big["state"][k]["exp_avg"], w_small["state"][k]["exp_avg"], rtol=1e-4, atol=1e-7
+        )
+
+
+@pytest.mark.parametrize("method", ["dckd", "adpa"])
+def test_cached_teacher_with_k_equal_v_matches_online(world, tmp_path, method):
+    obj = {"method": method, "support": "full", "k": 64, "max_new_tokens": 6}
+    online = make_cfg(world, tmp_path / "online", method, objective=obj, train={"max_steps": 3})
+    run_training(online, progress=False)
+    cached = make_cfg(
+        world,
+        tmp_path / "cached",
+        method,
+        train={"max_steps": 3},
+        objective={**obj, "teacher_source": "cache", "teacher_cache": str(tmp_path / "cache")},
+    )
+    meta = build_teacher_cache(cached, logp_dtype="float32")
+    assert meta["k"] == 64 and meta["tokens"] > 0
+    run_training(cached, progress=False)
+    assert _losses(online.run_dir) == pytest.approx(_losses(cached.run_dir), rel=1e-5, abs=1e-6)
+
+
+def test_stale_cache_is_refused(world, tmp_path):
+    cfg = make_cfg(
+        world,
+        tmp_path,
+        "kd",
+        objective={
+            "method": "kd",
+            "teacher_source": "cache",
+            "teacher_cache": str(tmp_path / "cache"),
+            "k": 8,
+        },
+    )
+    build_teacher_cache(cfg)
+    rows = [json.loads(line) for line in Path(world["train"]).read_text().splitlines()]
+    rows[0]["chosen"] = "no no no"  # the data changed after caching
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stale = make_cfg(
+        world,
+        tmp_path / "b",
+        "kd",
+        data={"train": str(changed)},
+        objective={
+            "method": "kd",
+            "teacher_source": "cache",
+            "teacher_cache": str(tmp_path / "cache"),
+            "k": 8,
+        },
+        train={"max_steps": 6, "batch_size": 8},
+    )
+    with pytest.raises(StaleCacheError, match="different"):
+        run_training(stale, progress=False)
+    assert RunDir(stale.run_dir).read_status()["state"] == "failed"
+
+
+def test_nonfinite_loss_fails_the_run_and_keeps_the_checkpoint(world, tmp_path, monkeypatch):
+    from adpa_core import objectives
+    from adpa_core.train import NonFiniteLossError
+
+    cfg = make_cfg(world, tmp_path, "sft", train={"max_steps": 6, "save_every": 1})
+    real, calls = objectives.loss_step, []
+
+    def poisoned(ctx, batch, norms=None):  # the third step's loss overflows
+        loss, metrics = real(ctx, batch, norms)
+        calls.append(1)
+        return (loss * float("inf") if len(calls) == 3 else loss), metrics
+
+    monkeypatch.setattr(objectives, "loss_step", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        run_training(cfg, progress=False)
+    run = RunDir(cfg.run_dir)
+    assert run.read_status()["state"] == "failed"
+    assert "NonFiniteLossError" in run.read_status()["error"]
+    assert run.latest_valid_checkpoint().name == "step-2"
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
+
+
+def test_existing_run_needs_resume(world, tmp_path):
+    cfg = make_cfg(world, tmp_path, "sft", train={"max_steps": 1})
+    run_training(cfg, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_training(cfg, progress=False)
+
+
+def test_eval_loss_is_logged(world, tmp_path):
+    cfg = make_cfg(world, tmp_path, "adpa", train={"max_steps": 2, "eval_every": 1, "eval_examples": 4})
+    run_training(cfg, progress=False)
+    records = RunDir(cfg.run_dir).read_metrics()
+    assert all("eval_loss" in r and "eval_adpa" in r for r in records)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (torchrun + gloo) vs one process."""
+    import subprocess
+    import sys
+
+    from adpa_core.config import save_config
+
+    one = make_cfg(world, tmp_path, "dckd", name="one", train={"batch_size": 4, "max_steps": 3})
+    two = make_cfg(world, tmp_path, "dckd", name="two", train={"batch_size": 2, "max_steps": 3})
+    run_training(one, progress=False)
+    save_config(two, tmp_path / "two.yaml")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "adpa_core.cli",
+        "train",
+        str(tmp_path / "two.yaml"),
+        "--quiet",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Same rows, same global normalisation; gloo all-reduce order can move the last float digits.
+    assert _losses(one.run_dir) == pytest.approx(_losses(two.run_dir), rel=1e-5)
