@@ -61,6 +61,9 @@ class ModelConfig:
     """Module names that get adapters; None picks a per-architecture default (attention + MLP projections)."""
     teacher_quantization: str = "none"
     """`none`, `4bit` (nf4, double quant) or `8bit` teacher weights via bitsandbytes."""
+    student_quantization: str = "none"
+    """`none`, or `4bit` / `8bit` student base weights for QLoRA (needs `lora: true`), e.g. the teacher's own
+    DPO stage as an adapter on a 4-bit SFT teacher."""
     dtype: str = "auto"
     """Weight dtype: `auto` (bf16 on a GPU that supports it, else float32), `float32`, `bfloat16` or
     `float16`."""
@@ -72,6 +75,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(bool(self.student), "model.student is empty; give a hub id, a local folder or toy:student")
         _choice("model.teacher_quantization", self.teacher_quantization, ("none", "4bit", "8bit"))
+        _choice("model.student_quantization", self.student_quantization, ("none", "4bit", "8bit"))
+        _check(
+            self.student_quantization == "none" or self.lora,
+            f"model.student_quantization={self.student_quantization} needs model.lora=true (quantized "
+            "weights cannot be trained directly; QLoRA trains an adapter on them)",
+        )
         _choice("model.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         _choice("model.device", self.device, ("auto", "cpu", "cuda"))
         _check(self.lora_r > 0, f"model.lora_r={self.lora_r} must be a positive integer")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -130,7 +130,10 @@ def load_student(cfg: ModelConfig, device: torch.device | str | None = None) -> 
     path = _resolve(cfg.student, "model", ("config.json", "adapter_config.json"))
     adapter = _adapter_base(path)
     if adapter is None:
-        model = _load_causal_lm(path, cfg, device)
+        quant = _quantization_config(path, cfg, device, cfg.student_quantization)
+        model = _load_causal_lm(path, cfg, device, quant)
+        if quant is not None:  # QLoRA: frozen k-bit base, float norms, inputs that carry gradients
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:  # e.g. ADPA+ from a LoRA DCKD run: that student is the base with its adapter merged in
         model = _load_causal_lm(_resolve(adapter, "model", ("config.json",)), cfg, device)
         model = _load(lambda p: PeftModel.from_pretrained(model, p), path, "LoRA adapter").merge_and_unload()
@@ -174,10 +177,13 @@ def load_inference_model(
     return freeze(model), load_tokenizer(path)
 
 
-def _quantization_config(path: str, cfg: ModelConfig, device: torch.device) -> BitsAndBytesConfig | None:
-    if cfg.teacher_quantization == "none":
+def _quantization_config(
+    path: str, cfg: ModelConfig, device: torch.device, mode: str
+) -> BitsAndBytesConfig | None:
+    """bitsandbytes settings for `mode` (none | 4bit | 8bit): nf4 with double quantization for 4-bit."""
+    if mode == "none":
         return None
-    if cfg.teacher_quantization == "8bit":
+    if mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     skip = _cpu_4bit_skips(path, cfg) if device.type == "cpu" else None
     return BitsAndBytesConfig(
@@ -242,7 +248,8 @@ def load_teacher(
     """A frozen teacher (`cfg.teacher_quantization` applies); with `adapter`, a frozen PeftModel on it."""
     device = pick_device(cfg.device) if device is None else torch.device(device)
     path = _resolve(path, "model", ("config.json",))
-    model = _load_causal_lm(path, cfg, device, _quantization_config(path, cfg, device))
+    quant = _quantization_config(path, cfg, device, cfg.teacher_quantization)
+    model = _load_causal_lm(path, cfg, device, quant)
     if adapter is not None:
         adapter_path = _resolve(adapter, "LoRA adapter", ("adapter_config.json",))
         load_adapter = lambda p: PeftModel.from_pretrained(model, p, is_trainable=False)

@@ -262,7 +262,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` on CPU (torchrun + gloo) vs one process."""
+    """`accelerate launch --config_file configs/accelerate/ddp.yaml` on CPU (torchrun, gloo) vs one."""
     import subprocess
     import sys
 
@@ -276,15 +276,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_p
     cmd = [
         str(accelerate),
         "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        "--config_file",
+        str(Path(__file__).parents[1] / "configs" / "accelerate" / "ddp.yaml"),
         "--main_process_port",
         str(_free_port()),
         "-m",
@@ -297,3 +290,40 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     # Same rows, same global normalisation; gloo all-reduce order can move the last float digits.
     assert _losses(one.run_dir) == pytest.approx(_losses(two.run_dir), rel=1e-5)
+
+
+def test_teacher_dpo_stage_as_qlora_adapter_serves_as_teacher_pair(world, tmp_path):
+    """The real-model recipe: DPO on a 4-bit SFT teacher with LoRA, then that adapter + base = the pair."""
+    from adpa_core.config import ModelConfig
+    from adpa_core.models import load_teacher_pair
+
+    cfg = make_cfg(
+        world,
+        tmp_path,
+        "dpo",
+        name="teacher-dpo",
+        model={
+            "student": world["teacher_ref"],
+            "lora": True,
+            "lora_r": 4,
+            "student_quantization": "4bit",
+            "device": "cpu",
+        },
+        train={"max_steps": 3, "learning_rate": 5e-3},
+    )
+    run_training(cfg, progress=False)
+    adapter = cfg.run_dir / "final"
+    assert (adapter / "adapter_config.json").exists()
+    pair = load_teacher_pair(
+        ModelConfig(
+            student=world["student"],
+            teacher=world["teacher_ref"],
+            teacher_adapter=str(adapter),
+            teacher_quantization="4bit",
+            device="cpu",
+        )
+    )
+    assert pair.shares_base
+    ids = torch.tensor([[1, 2, 20, 21, 5, 3, 30]])
+    dpo, ref = pair.dpo_forward(ids).logits, pair.ref_forward(ids).logits
+    assert torch.isfinite(dpo).all() and not torch.allclose(dpo, ref)
