@@ -327,3 +327,9 @@ def test_teacher_dpo_stage_as_qlora_adapter_serves_as_teacher_pair(world, tmp_pa
     ids = torch.tensor([[1, 2, 20, 21, 5, 3, 30]])
     dpo, ref = pair.dpo_forward(ids).logits, pair.ref_forward(ids).logits
     assert torch.isfinite(dpo).all() and not torch.allclose(dpo, ref)
+
+
+def test_bf16_mixed_precision_runs(world, tmp_path):
+    cfg = make_cfg(world, tmp_path, "adpa", train={"max_steps": 2, "mixed_precision": "bf16"})
+    last = run_training(cfg, progress=False)
+    assert last["step"] == 2 and torch.isfinite(torch.tensor(last["loss"]))
