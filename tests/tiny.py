@@ -39,8 +39,15 @@ def make_tokenizer(words: list[str] | None = None, pad_to: int = 64) -> PreTrain
     return tok
 
 
-def make_llama(tokenizer, hidden: int = 32, layers: int = 2, intermediate: int = 64, heads: int = 2, seed: int = 0,
-               extra_rows: int = 0) -> LlamaForCausalLM:
+def make_llama(
+    tokenizer,
+    hidden: int = 32,
+    layers: int = 2,
+    intermediate: int = 64,
+    heads: int = 2,
+    seed: int = 0,
+    extra_rows: int = 0,
+) -> LlamaForCausalLM:
     """A randomly initialised Llama whose vocabulary is `len(tokenizer) + extra_rows` rows."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(
