@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from torch import nn
 
 from . import objectives as O
@@ -257,6 +258,14 @@ def save_checkpoint(s: Session) -> None:
     acc.wait_for_everyone()
 
 
+def _accelerator(cfg: RunConfig) -> Accelerator:
+    """One Accelerator per run. accelerate keeps process-wide state, so a notebook that trains several
+    times with other precision settings resets it first (the process-group part is kept)."""
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cfg.model.device == "cpu")
+
+
 def _check_start(run: RunDir, resume: bool) -> None:
     """Read-only: every process checks before any process writes."""
     if run.exists() and not resume:
@@ -287,7 +296,7 @@ def train(cfg: RunConfig, *, resume: bool = False) -> Iterator[dict[str, Any]]:
     checkpoint is always kept.
     """
     run = RunDir(cfg.run_dir)
-    acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cfg.model.device == "cpu")
+    acc = _accelerator(cfg)
     _check_start(run, resume)
     acc.wait_for_everyone()
     main = acc.is_main_process
