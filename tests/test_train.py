@@ -333,3 +333,34 @@ def test_bf16_mixed_precision_runs(world, tmp_path):
     cfg = make_cfg(world, tmp_path, "adpa", train={"max_steps": 2, "mixed_precision": "bf16"})
     last = run_training(cfg, progress=False)
     assert last["step"] == 2 and torch.isfinite(torch.tensor(last["loss"]))
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_losses(world, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from adpa_core.config import save_config
+
+    common = {"max_steps": 8, "save_every": 2, "learning_rate": 5e-3}
+    full = make_cfg(world, tmp_path, "kd", name="full", train=common)
+    run_training(full, progress=False)
+    victim = make_cfg(world, tmp_path, "kd", name="victim", train=common)
+    save_config(victim, tmp_path / "victim.yaml")
+    cmd = [sys.executable, "-m", "adpa_core.cli", "train", str(tmp_path / "victim.yaml"), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = RunDir(victim.run_dir)
+    deadline = time.time() + 120
+    while len(run.read_metrics()) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = len(run.read_metrics())
+    assert 5 <= killed_at < 8, f"the run was not killed mid-way ({killed_at} steps)"
+    assert run.read_status()["state"] == "running"  # nobody could write anything after kill -9
+    done = subprocess.run([*cmd[:-1], "--resume", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["step"] for r in run.read_metrics()] == list(range(1, 9))
+    assert _losses(full.run_dir) == pytest.approx(_losses(victim.run_dir), rel=0, abs=1e-6)
