@@ -362,6 +362,42 @@ def test_load_models(world):
     assert isinstance(pair, TeacherPair) and pair.shares_base
 
 
+def test_one_call_loads_a_4bit_teacher_pair_and_a_lora_student(world):
+    import bitsandbytes as bnb
+
+    tok, paths = world
+    cfg = ModelConfig(
+        student=paths["student"],
+        lora=True,
+        lora_r=4,
+        teacher=paths["teacher_ref"],
+        teacher_adapter=paths["adapter"],
+        teacher_quantization="4bit",
+    )
+    _, student, pair = load_models(cfg, CPU)
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in pair.dpo.modules())
+    ids, mask = batch(tok)
+    dpo, ref = pair.dpo_forward(ids, mask).logits, pair.ref_forward(ids, mask).logits
+    assert torch.isfinite(dpo).all() and not torch.allclose(dpo, ref)
+
+
+def test_qlora_student_trains_one_step(world):
+    import bitsandbytes as bnb
+
+    tok, paths = world
+    cfg = ModelConfig(student=paths["teacher"], lora=True, lora_r=4, student_quantization="4bit")
+    student = load_student(cfg, CPU)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in student.modules())
+    params = [p for p in student.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.SGD(params, lr=0.1)
+    lm_loss(student, tok).backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
+
+
 def test_adapter_disabled_and_frozen_copy(world):
     tok, paths = world
     torch.manual_seed(0)
