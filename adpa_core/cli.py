@@ -24,12 +24,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data import DataError
     from .models import ModelLoadError, TokenizerMismatchError
     from .runs import CheckpointError
+    from .stats import EvalError
     from .teacher import StaleCacheError
     from .train import NonFiniteLossError
 
     return (
         ConfigError,
         DataError,
+        EvalError,
         ModelLoadError,
         TokenizerMismatchError,
         CheckpointError,
@@ -139,6 +141,174 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- advantages
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} must be > 0")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _args_advantages(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="the DPO teacher (with --teacher-adapter: its base)")
+    p.add_argument("--teacher-ref", help="the reference (SFT) teacher; without it A = beta * log pi_dpo")
+    p.add_argument("--teacher-adapter", help="LoRA adapter holding the DPO teacher on --teacher")
+    p.add_argument("--student", help="a student: adds its log-probs and expected advantage")
+    p.add_argument("--prompt", required=True, help="the user message")
+    p.add_argument("--response", required=True, help="the assistant reply to score")
+    p.add_argument("--beta", type=_positive(float), default=1.0, help="advantage scale (default 1.0)")
+    p.add_argument("--k", type=_positive(int), default=5, help="alternatives shown per position (default 5)")
+    p.add_argument(
+        "--support", choices=("full", "topk"), default="full", help="support of the expected advantages"
+    )
+    p.add_argument("--support-k", type=_positive(int), default=50, help="k of --support topk")
+    p.add_argument("--max-length", type=_positive(int), default=2048, help="prompt + response token budget")
+    p.add_argument("--quantization", choices=("none", "4bit", "8bit"), default="none", help="teacher weights")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+def _cmd_advantages(args: argparse.Namespace) -> int:
+    from .advantage import check_response, prompt_messages, report_table, response_advantages
+    from .config import ModelConfig
+    from .models import load_inference_model, load_teacher_pair, load_tokenizer, pick_device
+
+    prompt = prompt_messages(args.prompt)  # input errors before the (slow) model loading
+    check_response(args.response)
+    cfg = ModelConfig(
+        student=args.student or args.teacher,
+        teacher=args.teacher,
+        teacher_ref=args.teacher_ref,
+        teacher_adapter=args.teacher_adapter,
+        teacher_quantization=args.quantization,
+        device=args.device,
+    )
+    device = pick_device(cfg.device)
+    student = None
+    if args.student:
+        student, tokenizer = load_inference_model(args.student, device)
+    else:
+        tokenizer = load_tokenizer(args.teacher)
+    pair = load_teacher_pair(cfg, device, tokenizer)
+    report = response_advantages(
+        pair,
+        tokenizer,
+        prompt,
+        args.response,
+        beta=args.beta,
+        k=args.k,
+        student=student,
+        support=args.support,
+        support_k=args.support_k,
+        max_length=args.max_length,
+    )
+    print(json.dumps(report.to_dict()) if args.json else report_table(report))
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+
+
+def _args_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories to evaluate")
+    p.add_argument("--baseline", help="a run directory or any model (e.g. toy:student) to compare against")
+    p.add_argument(
+        "--data", help="prompts: a prompt / preference / SFT file or hub id (toy runs: toy:prompts)"
+    )
+    p.add_argument("--split", default="test", help="split for hub and toy data (default: test)")
+    p.add_argument(
+        "--reward", help="toy, a reward model path or hub id, or py:MODULE:FUNCTION (toy runs: toy)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    p.add_argument(
+        "--select-checkpoint",
+        action="store_true",
+        help="evaluate the checkpoint with the best mean reward on --selection-split instead of final/",
+    )
+    p.add_argument("--selection-split", default="validation", help="split for --select-checkpoint")
+    p.add_argument("--selection-data", help="prompts for --select-checkpoint (default: --data)")
+    p.add_argument("--tie-margin", type=float, default=0.0, help="reward differences up to this are ties")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--regenerate", action="store_true", help="ignore cached generations")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _table_row(name: str, weights: str, report: dict[str, Any], versus: str) -> list[str]:
+    lo, hi = report["reward_ci"]
+    reward = f"{report['mean_reward']:.3f} [{lo:.3f}, {hi:.3f}]"
+    length, no_stop = f"{report['mean_length']:.1f}", f"{report['never_stopped']:.2f}"
+    return [name, weights, str(report["n"]), reward, versus, length, no_stop]
+
+
+def _eval_table(results: list[dict[str, Any]]) -> str:
+    """One row per run (and one for the baseline): n, mean reward [95% CI], win/tie/loss, length, no-stop."""
+    rows = [["run", "weights", "n", "reward [95% CI]", "win / tie / loss", "length", "no-stop"]]
+    base = next((r["baseline"] for r in results if "baseline" in r), None)
+    if base is not None:
+        rows.append(_table_row(f"{base['name']} (baseline)", "", base, ""))
+    for r in results:
+        wtl = r.get("win_tie_loss")
+        versus = f"{wtl['win']:.2f} / {wtl['tie']:.2f} / {wtl['loss']:.2f}" if wtl else ""
+        rows.append(_table_row(r["run"], r["checkpoint"], r, versus))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import eval_inputs, evaluate_run, require_run
+    from .rewards import load_reward
+    from .selection import select_checkpoint
+
+    rewards: dict[str, Any] = {}
+    results = []
+    for run_dir in args.runs:
+        _, cfg = require_run(run_dir)
+        data, spec = eval_inputs(cfg, args.data, args.reward)
+        if spec not in rewards:
+            rewards[spec] = load_reward(spec, batch_size=args.batch_size)
+        common = dict(
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+        checkpoint = None
+        if args.select_checkpoint:
+            chosen = select_checkpoint(
+                run_dir, args.selection_data or data, args.selection_split, rewards[spec], **common
+            )
+            checkpoint = chosen["best"]
+            print(
+                f"{cfg.name}: best checkpoint on {args.selection_split}: {checkpoint} "
+                f"(mean reward {chosen['best_mean_reward']:.3f})",
+                file=sys.stderr,
+            )
+        results.append(
+            evaluate_run(
+                run_dir,
+                data,
+                args.split,
+                rewards[spec],
+                args.baseline,
+                checkpoint=checkpoint,
+                tie_margin=args.tie_margin,
+                reuse_generations=not args.regenerate,
+                **common,
+            )
+        )
+    print(_eval_table(results))
+    return 0
+
+
 # ---------------------------------------------------------------- registry
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None, Handler | None]] = {
@@ -150,8 +320,12 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | No
     ),
     "generate": ("student responses (y_hat) or chat outputs to JSONL", _args_generate, _cmd_generate),
     "cache-teacher": ("top-k teacher (and reference teacher) log-prob cache", _args_cache, _cmd_cache),
-    "advantages": ("per-token teacher advantages of a (prompt, response)", None, None),
-    "eval": ("rewards and win rates of runs", None, None),
+    "advantages": (
+        "per-token teacher advantages of a (prompt, response)",
+        _args_advantages,
+        _cmd_advantages,
+    ),
+    "eval": ("rewards and win rates of runs (eval.json), against a baseline", _args_eval, _cmd_eval),
     "reproduce": ("the method table on the toy world", None, None),
     "workbench": ("the Gradio workbench in the browser", None, None),
 }
