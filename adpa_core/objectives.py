@@ -10,13 +10,14 @@ sum(counts) over every micro-batch of every process.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from . import losses as L
+from .chunked import counted_rows, final_hidden, fused_linear_loss, label_logps
 from .config import ObjectiveConfig
 from .teacher import TeacherTargets
 
@@ -91,25 +92,27 @@ def counts(batch: dict[str, Any], groups: tuple[str, ...], obj: ObjectiveConfig)
     return out
 
 
-def numerator(per_token: Tensor, labels: Tensor, reduction: str) -> Tensor:
-    """Sum-form of `losses.masked_reduce`: divided by `counts()` it gives the same value."""
-    mask = labels != L.IGNORE_INDEX  # (B, T)
-    values = torch.where(mask, per_token, 0.0)
-    if reduction == "token":
-        return values.sum()
-    return (values.sum(-1) / mask.sum(-1).clamp(min=1)).sum()
+class TeacherSource(Protocol):
+    """Online teachers or a cache: full targets of a group batch, or targets at its counted rows by chunk."""
+
+    def targets(self, batch: dict[str, Any], group: str, need_ref: bool) -> TeacherTargets: ...
+
+    def row_targets(
+        self, batch: dict[str, Any], group: str, need_ref: bool, mask: Tensor
+    ) -> Callable[[int, int], TeacherTargets]: ...
 
 
 @dataclass
 class StepContext:
-    """What `loss_step` needs besides the batch. `teacher(group_batch, need_ref)` gives TeacherTargets."""
+    """What `loss_step` needs besides the batch."""
 
     student: nn.Module
     objective: ObjectiveConfig
     vocab_size: int
-    teacher: Callable[[dict[str, Any], str, bool], TeacherTargets] | None = None
+    teacher: TeacherSource | None = None
     reference_logps: Callable[[dict[str, Any]], Tensor] | None = None  # (G*B,) summed logps, frozen student
-    extra: dict[str, Any] = field(default_factory=dict)
+    chunk_size: int | None = None  # None: full logits; else the chunked path (chunked.py) with this chunk
+    head: nn.Linear | None = None  # the student's output layer (chunked path)
 
 
 def _kl_per_token(student_logits: Tensor, t: TeacherTargets, labels: Tensor) -> Tensor:
@@ -142,6 +145,23 @@ def _adpa_per_token(
     return L.topk_adpa_per_token(student_logits, t.topk_ids[..., :k], adv, labels, rest)
 
 
+def term_per_token(
+    term: str, logits: Tensor, labels: Tensor, teacher: TeacherTargets | None, obj: ObjectiveConfig
+) -> Tensor:
+    """Per-token values (B, T) of one loss term from the student's logits (B, T, V)."""
+    if term == "nll":
+        return L.nll_per_token(logits, labels)
+    if term == "adpa":
+        return _adpa_per_token(logits, teacher, labels, obj)
+    return _kl_per_token(logits, teacher, labels)
+
+
+def row_weights(labels: Tensor, reduction: str) -> Tensor:
+    """Weight of each position (B, T) in a term's numerator: 1 per counted token, or 1/n per sequence."""
+    mask = (labels != L.IGNORE_INDEX).float()
+    return mask if reduction == "token" else mask / mask.sum(-1, keepdim=True).clamp(min=1.0)
+
+
 def student_logits(ctx: StepContext, batch: dict[str, Any]) -> Tensor:
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     return ctx.student(**inputs).logits[..., : ctx.vocab_size]  # (G*B, T, V)
@@ -159,56 +179,118 @@ def loss_step(
     obj = ctx.objective
     groups = STUDENT_GROUPS[obj.method]
     norms = norms or counts(batch, groups, obj)
-    logits = split_groups(student_logits(ctx, batch), groups)
     labels = split_groups(batch["labels"], groups)
-    teacher = _teacher_targets(ctx, batch, groups)
-    loss = logits[groups[0]].new_zeros(())
+    if ctx.chunk_size is None:
+        out = split_groups(student_logits(ctx, batch), groups)
+    else:
+        out = split_groups(final_hidden(ctx.student, batch), groups)
+    loss = out[groups[0]].new_zeros((), dtype=torch.float32)
     metrics: dict[str, float] = {}
-    for term, weight in term_weights(obj).items():
-        if term == "dpo":
-            num, extra = _dpo_numerator(ctx, batch, logits, labels)
-            metrics.update(extra)
-        else:
-            group = term_group(term)
-            if term == "nll":
-                per_token = L.nll_per_token(logits[group], labels[group])
-            elif term == "adpa":
-                per_token = _adpa_per_token(logits[group], teacher[group], labels[group], obj)
-            else:
-                per_token = _kl_per_token(logits[group], teacher[group], labels[group])
-            num = numerator(per_token, labels[group], obj.reduction)
-        loss = loss + weight * num / max(norms[term], 1.0)
-        metrics[f"num/{term}"] = float(num.detach())
+    weights = term_weights(obj)
+    for group in groups:
+        terms = [t for t in weights if term_group(t) == group]
+        if not terms:
+            continue
+        scale = {t: weights[t] / max(norms[t], 1.0) for t in terms}
+        run = _group_full if ctx.chunk_size is None else _group_chunked
+        value, nums = run(ctx, group_batch(batch, groups, (group,)), out[group], labels[group], terms, scale)
+        loss = loss + value
+        metrics.update({f"num/{t}": v for t, v in nums.items()})
+    if "dpo" in weights:
+        value, extra = _dpo(ctx, batch, out, labels, weights["dpo"] / max(norms["dpo"], 1.0))
+        loss = loss + value
+        metrics.update(extra)
     metrics["loss_value"] = float(loss.detach())
     return loss, metrics
 
 
-def _teacher_targets(
-    ctx: StepContext, batch: dict[str, Any], groups: tuple[str, ...]
-) -> dict[str, TeacherTargets]:
-    wanted = TEACHER_GROUPS.get(ctx.objective.method, ())
-    if not wanted:
-        return {}
-    if ctx.teacher is None:
-        raise ValueError(f"objective.method={ctx.objective.method} needs a teacher but none is loaded")
-    need_ref = ctx.objective.method in ("adpa", "adpa_plus") and ctx.objective.use_reference
-    return {g: ctx.teacher(group_batch(batch, groups, (g,)), g, need_ref) for g in wanted}
+def _needs(ctx: StepContext, group: str) -> tuple[bool, bool]:
+    """(this group needs the teacher, it needs the reference teacher too)."""
+    method = ctx.objective.method
+    needed = group in TEACHER_GROUPS.get(method, ())
+    if needed and ctx.teacher is None:
+        raise ValueError(f"objective.method={method} needs a teacher but none is loaded")
+    return needed, needed and method in ("adpa", "adpa_plus") and ctx.objective.use_reference
 
 
-def _dpo_numerator(
-    ctx: StepContext, batch: dict[str, Any], logits: dict[str, Tensor], labels: dict[str, Tensor]
-) -> tuple[Tensor, dict[str, float]]:
+def _group_full(ctx, gbatch, logits, labels, terms, scale) -> tuple[Tensor, dict[str, float]]:
+    """Terms of one group from its full logits (B, T, V)."""
+    need_teacher, need_ref = _needs(ctx, term_group(terms[0]))
+    teacher = ctx.teacher.targets(gbatch, term_group(terms[0]), need_ref) if need_teacher else None
+    weights = row_weights(labels, ctx.objective.reduction)  # (B, T)
+    value, nums = logits.new_zeros((), dtype=torch.float32), {}
+    for term in terms:
+        num = (term_per_token(term, logits, labels, teacher, ctx.objective) * weights).sum()
+        value = value + scale[term] * num
+        nums[term] = float(num.detach())
+    return value, nums
+
+
+def _group_chunked(ctx, gbatch, hidden, labels, terms, scale) -> tuple[Tensor, dict[str, float]]:
+    """Terms of one group from its final hidden states (B, T, H), through the output layer by chunks."""
+    group = term_group(terms[0])
+    need_teacher, need_ref = _needs(ctx, group)
+    mask = labels != L.IGNORE_INDEX  # (B, T)
+    rows, row_labels = hidden[mask], labels[mask]  # (N, H), (N,)
+    weights = row_weights(labels, ctx.objective.reduction)[mask]  # (N,)
+    teacher = ctx.teacher.row_targets(gbatch, group, need_ref, mask) if need_teacher else None
+    nums = dict.fromkeys(terms, 0.0)
+
+    def chunk_fn(logits: Tensor, start: int, end: int) -> Tensor:  # logits (C, V)
+        t = teacher(start, end) if teacher is not None else None
+        value = logits.new_zeros(())
+        for term in terms:
+            per = term_per_token(term, logits[None], row_labels[None, start:end], t, ctx.objective)
+            num = (per[0] * weights[start:end]).sum()  # per: (1, C)
+            nums[term] += float(num.detach())
+            value = value + scale[term] * num
+        return value
+
+    value = fused_linear_loss(rows, ctx.head, chunk_fn, ctx.vocab_size, ctx.chunk_size)
+    return value, nums
+
+
+def _dpo(ctx, batch, out, labels, scale) -> tuple[Tensor, dict[str, float]]:
+    """The DPO term from full logits, or (chunked) from label log-probs by chunk and their exact gradient."""
     if ctx.reference_logps is None:
         raise ValueError("objective.method=dpo needs the frozen initial student as reference")
-    lp_w = L.sequence_logps(logits["chosen"], labels["chosen"])  # (B,)
-    lp_l = L.sequence_logps(logits["rejected"], labels["rejected"])  # (B,)
-    ref = ctx.reference_logps(batch)  # (2B,)
-    ref_w, ref_l = ref.chunk(2)
+    ref_w, ref_l = ctx.reference_logps(batch).chunk(2)  # (B,) each
     beta = ctx.objective.beta_dpo
-    per_pair = L.dpo_per_pair(lp_w, lp_l, ref_w, ref_l, beta)  # (B,)
+    if ctx.chunk_size is None:
+        lp_w = L.sequence_logps(out["chosen"], labels["chosen"])  # (B,)
+        lp_l = L.sequence_logps(out["rejected"], labels["rejected"])  # (B,)
+        per_pair = L.dpo_per_pair(lp_w, lp_l, ref_w, ref_l, beta)  # (B,)
+        value = scale * per_pair.sum()
+    else:
+        value, lp_w, lp_l, per_pair = _dpo_chunked(ctx, out, labels, ref_w, ref_l, scale)
     r_w, r_l = L.dpo_implicit_rewards(lp_w, lp_l, ref_w, ref_l, beta)
-    extra = {
+    return value, {
+        "num/dpo": float(per_pair.detach().sum()),
         "num/reward_accuracy": float((r_w > r_l).float().sum()),
         "num/reward_margin": float((r_w - r_l).sum()),
     }
-    return per_pair.sum(), extra
+
+
+def _dpo_chunked(ctx, out, labels, ref_w, ref_l, scale):
+    """DPO is not a sum over tokens, so: summed label log-probs without gradient, the pair losses and their
+    gradient with respect to those sums, then that (exact) gradient pushed through each token's log-prob."""
+    rows, logps = {}, {}
+    for g in ("chosen", "rejected"):
+        mask, seq = counted_rows(labels[g])
+        rows[g] = (out[g][mask], labels[g][mask], seq)
+        token = label_logps(out[g][mask].detach(), ctx.head, labels[g][mask], ctx.vocab_size, ctx.chunk_size)
+        logps[g] = torch.zeros(mask.shape[0], device=token.device).index_add_(0, seq, token).requires_grad_()
+    with torch.enable_grad():
+        per_pair = L.dpo_per_pair(logps["chosen"], logps["rejected"], ref_w, ref_l, ctx.objective.beta_dpo)
+        coef = dict(zip(logps, torch.autograd.grad(per_pair.sum(), list(logps.values())), strict=True))
+    value = scale * per_pair.detach().sum()
+    for g, (hidden, row_labels, seq) in rows.items():
+        row_coef = scale * coef[g][seq]  # (N,)
+
+        def chunk_fn(logits: Tensor, start: int, end: int, c=row_coef, y=row_labels) -> Tensor:
+            picked = L.nll_per_token(logits[None], y[None, start:end])[0]  # (C,) = -log p(label)
+            return -(c[start:end] * picked).sum()
+
+        linear = fused_linear_loss(hidden, ctx.head, chunk_fn, ctx.vocab_size, ctx.chunk_size)
+        value = value + linear - linear.detach()
+    return value, logps["chosen"].detach(), logps["rejected"].detach(), per_pair.detach()

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from .runs import atomic_write_json
 
 CACHE_FORMAT = 1
 LOGP_DTYPES = ("float16", "bfloat16", "float32")  # numpy has no bfloat16: stored as raw uint16 bits
+
+
+ROW_FIELDS = ("topk_ids", "dpo_topk_logps", "ref_topk_logps", "dpo_rest_logp", "ref_rest_logp")
 
 
 class StaleCacheError(RuntimeError):
@@ -69,13 +73,35 @@ class OnlineTeacher:
     def __init__(self, pair: TeacherPair, vocab_size: int):
         self.pair, self.vocab_size = pair, vocab_size
 
-    def targets(self, batch: dict[str, Any], need_ref: bool) -> TeacherTargets:
+    def targets(self, batch: dict[str, Any], group: str, need_ref: bool) -> TeacherTargets:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         dpo = self.pair.dpo_forward(**inputs).logits[..., : self.vocab_size]  # (B, T, V)
         ref = None
         if need_ref:
             ref = self.pair.ref_forward(**inputs).logits[..., : self.vocab_size]  # (B, T, V)
         return TeacherTargets(dpo_logits=dpo, ref_logits=ref)
+
+    def row_targets(
+        self, batch: dict[str, Any], group: str, need_ref: bool, mask: Tensor
+    ) -> Callable[[int, int], TeacherTargets]:
+        """Teacher logits at the counted rows `mask` (B, T), projected chunk by chunk (chunked path)."""
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        kw = {"output_hidden_states": True, "logits_to_keep": 1}
+        dpo = self.pair.dpo_forward(**inputs, **kw).hidden_states[-1][mask]  # (N, H)
+        ref = self.pair.ref_forward(**inputs, **kw).hidden_states[-1][mask] if need_ref else None  # (N, H)
+        heads = {
+            "dpo": self.pair.output_layer("dpo"),
+            "ref": self.pair.output_layer("ref") if need_ref else None,
+        }
+        vocab = self.vocab_size
+
+        @torch.no_grad()
+        def chunk(start: int, end: int) -> TeacherTargets:
+            dpo_logits = heads["dpo"](dpo[start:end])[None, :, :vocab]  # (1, C, V)
+            ref_logits = heads["ref"](ref[start:end])[None, :, :vocab] if ref is not None else None
+            return TeacherTargets(dpo_logits=dpo_logits, ref_logits=ref_logits)
+
+        return chunk
 
 
 # ---------------------------------------------------------------- cache: writing
@@ -288,7 +314,19 @@ class TeacherCache:
             self._shards[i] = {p.stem: np.load(p, mmap_mode="r") for p in folder.glob("*.npy")}
         return self._shards[i]
 
-    def targets(self, batch: dict[str, Any], group: str) -> TeacherTargets:
+    def row_targets(
+        self, batch: dict[str, Any], group: str, need_ref: bool, mask: Tensor
+    ) -> Callable[[int, int], TeacherTargets]:
+        """The cached targets at the counted rows `mask` (B, T), sliced chunk by chunk (chunked path)."""
+        full = self.targets(batch, group, need_ref)
+        rows = {f: getattr(full, f)[mask] for f in ROW_FIELDS if getattr(full, f) is not None}  # (N, ...)
+
+        def chunk(start: int, end: int) -> TeacherTargets:
+            return TeacherTargets(**{f: t[None, start:end] for f, t in rows.items()})
+
+        return chunk
+
+    def targets(self, batch: dict[str, Any], group: str, need_ref: bool = True) -> TeacherTargets:
         labels = batch["labels"]  # (B, T)
         bsz, length = labels.shape
         counted = labels != IGNORE_INDEX

@@ -26,7 +26,8 @@ from torch import nn
 
 from . import objectives as O
 from .checkpoint import load_state, rng_state, save_state
-from .config import RunConfig, save_config
+from .chunked import sequence_logps_chunked, supports_chunking
+from .config import ConfigError, RunConfig, save_config
 from .data import collate
 from .losses import sequence_logps
 from .models import adapter_disabled, frozen_copy, load_models, save_student
@@ -35,6 +36,7 @@ from .runs import RunDir
 from .teacher import OnlineTeacher, TeacherCache, cache_identity
 
 DATA_KEYS = ("input_ids", "attention_mask", "position_ids", "labels")
+CHUNK_MIN_VOCAB = 8192  # below this, full logits are small and the plain path is as fast
 
 
 class NonFiniteLossError(RuntimeError):
@@ -100,17 +102,28 @@ def make_batch(
     return {k: (v.to(s.acc.device) if k in DATA_KEYS else v) for k, v in batch.items()}
 
 
-def _teacher_fn(cfg: RunConfig, pair: Any, vocab_size: int):
+def _teacher_source(cfg: RunConfig, pair: Any, vocab_size: int) -> OnlineTeacher | TeacherCache | None:
     if cfg.objective.teacher_source == "cache":
-        cache = TeacherCache(cfg.objective.teacher_cache, expect=cache_identity(cfg, vocab_size))
-        return lambda batch, group, need_ref: cache.targets(batch, group)
-    if pair is None:
+        return TeacherCache(cfg.objective.teacher_cache, expect=cache_identity(cfg, vocab_size))
+    return OnlineTeacher(pair, vocab_size) if pair is not None else None
+
+
+def _chunk_size(cfg: RunConfig, student: nn.Module, pair: Any, vocab_size: int) -> int | None:
+    """The chunked loss path's chunk size, or None for full logits (DESIGN: used by default when it helps)."""
+    mode = cfg.train.chunked_loss
+    models = [student] + ([pair.dpo] + ([pair.ref] if pair.ref is not None else []) if pair else [])
+    supported = all(supports_chunking(m) for m in models)
+    if mode == "on" and not supported:
+        raise ConfigError(
+            "train.chunked_loss=on needs bias-free Linear output layers (an adapted or quantized "
+            "lm_head cannot be chunked); use train.chunked_loss=auto or off"
+        )
+    if mode == "off" or not supported or (mode == "auto" and vocab_size < CHUNK_MIN_VOCAB):
         return None
-    online = OnlineTeacher(pair, vocab_size)
-    return lambda batch, group, need_ref: online.targets(batch, need_ref)
+    return cfg.train.chunk_size
 
 
-def _reference_fn(cfg: RunConfig, student: nn.Module, vocab_size: int):
+def _reference_fn(cfg: RunConfig, student: nn.Module, vocab_size: int, chunk: int | None):
     """DPO's reference: the frozen initial student (LoRA: the same weights with the adapter off)."""
     if cfg.objective.method != "dpo":
         return None
@@ -121,6 +134,8 @@ def _reference_fn(cfg: RunConfig, student: nn.Module, vocab_size: int):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
         ctx = adapter_disabled(student) if frozen is None else nullcontext()
         with ctx:
+            if chunk is not None:
+                return sequence_logps_chunked(frozen or student, batch, vocab_size, chunk)  # (2B,)
             logits = (frozen or student)(**inputs).logits[..., :vocab_size]
         return sequence_logps(logits, batch["labels"])  # (2B,)
 
@@ -145,12 +160,16 @@ def setup(cfg: RunConfig, run: RunDir, acc: Accelerator) -> Session:
                 eval_rows = attach_yhat(
                     eval_rows, cfg, student, tokenizer, run.generations_dir / "yhat_eval.jsonl"
                 )
-    reference = _reference_fn(cfg, student, vocab)
+    chunk = _chunk_size(cfg, student, pair, vocab)
+    reference = _reference_fn(cfg, student, vocab, chunk)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     prepared, optimizer = acc.prepare(student, optimizer)
-    ctx = O.StepContext(prepared, cfg.objective, vocab, _teacher_fn(cfg, pair, vocab), reference)
+    head = student.get_output_embeddings() if chunk else None
+    ctx = O.StepContext(
+        prepared, cfg.objective, vocab, _teacher_source(cfg, pair, vocab), reference, chunk, head
+    )
     return Session(cfg, run, acc, tokenizer, student, ctx, rows, eval_rows, optimizer, scheduler)
 
 
