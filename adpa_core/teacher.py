@@ -147,7 +147,7 @@ def build_teacher_cache(
     device = next(pair.dpo.parameters()).device
     # Only ADPA needs the reference teacher's log-probs (at the DPO teacher's top-k ids).
     with_ref = method in ("adpa", "adpa_plus") and cfg.objective.use_reference and pair.has_reference
-    writer = CacheWriter(out, k, logp_dtype)
+    writer = CacheWriter(out, k, vocab, logp_dtype)
     bs = batch_size or cfg.train.batch_size
     from tqdm.auto import tqdm
 
@@ -200,13 +200,18 @@ def topk_entry(
 class CacheWriter:
     """Accumulates top-k entries and writes shards atomically; `close()` writes the index and meta."""
 
-    def __init__(self, path: str | Path, k: int, logp_dtype: str = "float16", shard_tokens: int = 1 << 20):
+    def __init__(
+        self,
+        path: str | Path,
+        k: int,
+        vocab_size: int,
+        logp_dtype: str = "float16",
+        shard_tokens: int = 1 << 20,
+    ):
         if logp_dtype not in LOGP_DTYPES:
             raise ValueError(f"logp_dtype={logp_dtype!r}; choose one of {', '.join(LOGP_DTYPES)}")
         self.path = Path(path)
-        self.k, self.logp_dtype, self.shard_tokens = k, logp_dtype, shard_tokens
-        if self.path.exists():
-            shutil.rmtree(self.path)
+        self.k, self.vocab_size, self.logp_dtype, self.shard_tokens = k, vocab_size, logp_dtype, shard_tokens
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
@@ -231,13 +236,14 @@ class CacheWriter:
         for name in self.pending[0]:
             arr = np.concatenate([e[name] for e in self.pending])
             if name == "ids":
-                arr = arr.astype(np.int32)
+                encoded = encode_ids(arr, self.vocab_size)
             elif name.endswith("_logps"):
-                arr = _encode_logps(arr, self.logp_dtype)
+                encoded = {name: _encode_logps(arr, self.logp_dtype)}
             else:
-                arr = arr.astype(np.float32)
-            np.save(folder / f"{name}.npy", arr)
-            self.payload += arr.nbytes
+                encoded = {name: arr.astype(np.float32)}
+            for key, value in encoded.items():
+                np.save(folder / f"{key}.npy", value)
+                self.payload += value.nbytes
         self.pending, self.pending_tokens = [], 0
         self.shard += 1
 
@@ -256,8 +262,31 @@ class CacheWriter:
             "bytes_per_token": self.payload / max(self.tokens, 1),  # array data, without file headers
         }
         atomic_write_json(self.tmp / "meta.json", meta)
+        shutil.rmtree(self.path, ignore_errors=True)  # the old cache goes only once the new one is complete
         os.replace(self.tmp, self.path)
         return meta
+
+
+def encode_ids(ids: np.ndarray, vocab_size: int) -> dict[str, np.ndarray]:
+    """Token ids (N, K) in few bytes: the low 16 bits as uint16, and for vocabularies above 65,536 the
+    remaining high bits as packed bit planes (N, b, ceil(K / 8)) — 2.3 bytes per id at V = 152k, not 4."""
+    ids = ids.astype(np.int64)
+    out = {"ids_lo": (ids & 0xFFFF).astype(np.uint16)}
+    bits = max(0, int(vocab_size - 1).bit_length() - 16)
+    if bits:
+        planes = [np.packbits(((ids >> (16 + b)) & 1).astype(np.uint8), axis=1) for b in range(bits)]
+        out["ids_hi"] = np.stack(planes, axis=1)
+    return out
+
+
+def decode_ids(arrays: dict[str, np.ndarray], rows: slice, k: int) -> np.ndarray:
+    """Inverse of `encode_ids` for the rows `rows`: (n, K) int64."""
+    ids = np.array(arrays["ids_lo"][rows], dtype=np.int64)
+    if "ids_hi" in arrays:
+        planes = np.array(arrays["ids_hi"][rows])  # (n, b, ceil(K / 8))
+        for b in range(planes.shape[1]):
+            ids |= np.unpackbits(planes[:, b], axis=-1, count=k).astype(np.int64) << (16 + b)
+    return ids
 
 
 def _encode_logps(arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -351,7 +380,7 @@ class TeacherCache:
                 )
             arrays = self._shard(shard)
             rows = slice(offset, offset + n)
-            ids[b, counted[b]] = torch.from_numpy(np.array(arrays["ids"][rows], dtype=np.int64))
+            ids[b, counted[b]] = torch.from_numpy(decode_ids(arrays, rows, k))
             for name in ("dpo", "ref"):
                 if f"{name}_logps" in arrays:
                     logps[name][b, counted[b]] = _decode_logps(arrays[f"{name}_logps"][rows], dtype)

@@ -59,8 +59,8 @@ def test_train_generate_and_cache_teacher(world, tmp_path, capsys):
     )
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert stats["k"] == 8 and stats["tokens"] > 0
-    # KD needs no reference: k ids (int32) + k DPO log-probs (fp16) + one float32 rest bin
-    assert stats["bytes_per_token"] == 8 * 4 + 8 * 2 + 4
+    # KD needs no reference: k ids (uint16 at this vocabulary) + k DPO log-probs (fp16) + one float32 rest bin
+    assert stats["bytes_per_token"] == 8 * 2 + 8 * 2 + 4
 
 
 def test_bad_config_is_one_error_line(tmp_path, capsys):
