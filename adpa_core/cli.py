@@ -309,10 +309,43 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- toy
+
+
+def _args_toy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("build",), help="build: data, tokenizer, teachers and student")
+    p.add_argument("--quick", action="store_true", help="a smaller world in under a minute (tests, demos)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--home", default=None, help="ADPA home folder (default: $ADPA_HOME or ~/.cache/adpa)")
+    p.add_argument("--force", action="store_true", help="rebuild every stage")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _cmd_toy(args: argparse.Namespace) -> int:
+    from .toy.build import build
+
+    manifest = build(args.home, seed=args.seed, quick=args.quick, progress=not args.quiet, force=args.force)
+    ev = manifest["evaluation"]
+    print(
+        f"toy world ({manifest['mode']}, seed {manifest['seed']}) built in {manifest['build_seconds']:.0f} s"
+    )
+    for name in ("teacher_ref", "teacher", "student"):
+        correct = " ".join(f"{k}={v:.2f}" for k, v in ev[name]["correct"].items())
+        print(f"  toy:{name:<12} reward {ev[name]['reward']:.2f}  {correct}")
+    adv = ev["advantages"]
+    rank, hit = adv["rank_rate"], adv["flaw_hit_rate"]
+    print(f"  advantages: chosen ranked first {rank:.2f}, worst token on the flaw {hit:.2f}")
+    for name, gate in ev["health"].items():
+        if not gate["ok"]:
+            low = f"{gate['value']:.2f} < {gate['min']}"
+            print(f"  warning: {name} = {low} (train longer or try another --seed)")
+    return 0
+
+
 # ---------------------------------------------------------------- registry
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None, Handler | None]] = {
-    "toy": ("build the offline toy world (data, tokenizer, teachers, student)", None, None),
+    "toy": ("build the offline toy world (data, tokenizer, teachers, student)", _args_toy, _cmd_toy),
     "train": (
         "one alignment run (sft | dpo | kd | dckd | adpa | adpa_plus) from a YAML config",
         _args_train,

@@ -26,3 +26,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def toy_home() -> str:
+    """A quick toy world built once per test session in this session's ADPA_HOME; returns that folder."""
+    from adpa_core.toy.build import build
+
+    home = os.environ["ADPA_HOME"]
+    build(home, quick=True, progress=False)
+    return home

@@ -364,3 +364,12 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses(world, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r["step"] for r in run.read_metrics()] == list(range(1, 9))
     assert _losses(full.run_dir) == pytest.approx(_losses(victim.run_dir), rel=0, abs=1e-6)
+
+
+def test_same_seed_gives_the_same_model(world, tmp_path):
+    weights = []
+    for name in ("a", "b"):
+        cfg = make_cfg(world, tmp_path, "dckd", name=name, train={"max_steps": 3})
+        run_training(cfg, progress=False)
+        weights.append((cfg.run_dir / "final" / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]

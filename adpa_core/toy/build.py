@@ -1,0 +1,223 @@
+"""`adpa toy build`: data, tokenizer, teacher SFT (the reference teacher), teacher DPO (the aligned teacher)
+and student SFT (the student to align), all trained by the project's own `train()`.
+
+Layout under `$ADPA_HOME/toy/` (default `~/.cache/adpa/toy`):
+
+    data/                 the JSONL data files and world.json (same seed -> same bytes)
+    tokenizer/            the word-level tokenizer with its chat template
+    init/{teacher,student}/   the seeded random initialisations
+    teacher_ref/ teacher/ student/   the three models (Hugging Face folders), `toy:<name>` anywhere
+    runs/<stage>/         each stage's run directory (config, metrics, final)
+    manifest.json         sizes, seeds, versions, timings, held-out evaluation of every model
+
+A stage whose inputs (seed, mode, recipe, generator code, upstream stages) are unchanged and whose weights
+still match their recorded hash is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaForCausalLM
+
+from .. import __version__
+from ..config import config_from_dict
+from ..paths import toy_dir
+from ..runs import atomic_write_json, file_sha256
+from .datasets import write_datasets
+from .models import BUILD_RECIPE, count_parameters, toy_model_config
+from .tokenizer import build_tokenizer, save_tokenizer
+from .world import make_world
+
+# stage -> (model folder it produces, initial weights, method, data)
+STAGES = {
+    "teacher_sft": ("teacher_ref", "init/teacher", "sft", "toy:sft"),
+    "teacher_dpo": ("teacher", "teacher_ref", "dpo", "toy:preferences"),
+    "student_sft": ("student", "init/student", "sft", "toy:sft"),
+}
+MAX_LENGTH, MAX_PROMPT_LENGTH = 128, 64
+EVAL_NEW_TOKENS = 48
+
+
+def _code_hash() -> str:
+    """The toy generator's source: a change in it invalidates every built stage."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Models this small run faster on one thread (more only adds synchronisation, and on a busy 2-core
+    machine oversubscription made steps 15-30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def _home(home: str | Path | None) -> Iterator[Path]:
+    """Points `$ADPA_HOME` at `home` for the build (so `toy:` names resolve there)."""
+    old = os.environ.get("ADPA_HOME")
+    if home is not None:
+        os.environ["ADPA_HOME"] = str(Path(home).expanduser())
+    try:
+        yield toy_dir()
+    finally:
+        if home is not None:
+            if old is None:
+                os.environ.pop("ADPA_HOME", None)
+            else:
+                os.environ["ADPA_HOME"] = old
+
+
+def _valid(entry: dict[str, Any] | None, key: str, folder: Path) -> bool:
+    weights = folder / "model.safetensors"
+    return (
+        bool(entry)
+        and entry.get("key") == key
+        and weights.exists()
+        and file_sha256(weights) == entry["sha256"]
+    )
+
+
+def _write_init(toy: Path, tokenizer: Any, seed: int) -> dict[str, int]:
+    sizes = {}
+    for offset, role in enumerate(("teacher", "student")):
+        torch.manual_seed(seed * 1000 + offset)
+        config = toy_model_config(role, len(tokenizer))
+        model = LlamaForCausalLM(config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.save_pretrained(toy / "init" / role)
+        save_tokenizer(tokenizer, toy / "init" / role)
+        sizes[role] = count_parameters(config)
+    return sizes
+
+
+def _stage_config(toy: Path, stage: str, params: dict[str, Any], seed: int) -> Any:
+    _, init, method, data = STAGES[stage]
+    steps = int(params["steps"])
+    # The recipe was calibrated with one mean over all tokens of a batch.
+    objective: dict[str, Any] = {"method": method, "reduction": "token"}
+    if method == "dpo":
+        objective.update(beta_dpo=float(params["beta"]), w_sft=float(params.get("w_sft", 0.0)))
+    return config_from_dict(
+        {
+            "name": stage,
+            "output_dir": str(toy / "runs"),
+            "model": {"student": str(toy / init), "device": "cpu", "dtype": "float32"},
+            "data": {
+                "train": data,
+                "format": "sft" if method == "sft" else "preference",
+                "max_length": MAX_LENGTH,
+                "max_prompt_length": MAX_PROMPT_LENGTH,
+            },
+            "objective": objective,
+            "train": {
+                "max_steps": steps,
+                "batch_size": int(params["batch"]),
+                "learning_rate": float(params["lr"]),
+                "warmup_ratio": float(params.get("warmup", 0)) / steps,
+                "lr_schedule": "cosine",
+                "seed": seed,
+                "log_every": 10,
+                "keep_checkpoints": 1,
+                "chunked_loss": "off",
+            },
+        }
+    )
+
+
+def _run_stage(toy: Path, stage: str, params: dict[str, Any], seed: int, progress: bool) -> float:
+    """Trains one stage with `train()` and publishes its final weights as `toy/<model>`."""
+    from ..train import run_training
+
+    cfg = _stage_config(toy, stage, params, seed)
+    shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a rebuilt stage starts from scratch
+    start = time.perf_counter()
+    run_training(cfg, progress=progress)
+    seconds = time.perf_counter() - start
+    target = toy / STAGES[stage][0]
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(cfg.run_dir / "final", tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return seconds
+
+
+def build(
+    home: str | Path | None = None,
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Builds (or completes) the toy world; returns the manifest. See the module docstring."""
+    from .checks import evaluate_world
+
+    mode = "quick" if quick else "full"
+    with _home(home) as toy, _one_thread():
+        toy.mkdir(parents=True, exist_ok=True)
+        manifest_path = toy / "manifest.json"
+        old = {} if force or not manifest_path.exists() else json.loads(manifest_path.read_text())
+        stages_old = old.get("stages", {}) if old.get("seed") == seed and old.get("mode") == mode else {}
+        t0 = time.perf_counter()
+        world = make_world(seed)
+        data_key = _key(seed, mode, _code_hash())
+        if old.get("data_key") != data_key or not (toy / "data" / "world.json").exists():
+            write_datasets(world, toy / "data", seed, quick=quick)
+            stages_old = {}
+        tokenizer = build_tokenizer(world)
+        save_tokenizer(tokenizer, toy / "tokenizer")
+        sizes = _write_init(toy, tokenizer, seed)
+        manifest: dict[str, Any] = {
+            "seed": seed,
+            "mode": mode,
+            "data_key": data_key,
+            "vocab_size": len(tokenizer),
+            "parameters": sizes,
+            "teacher_student_ratio": sizes["teacher"] / sizes["student"],
+            "versions": {
+                "adpa": __version__,
+                "torch": torch.__version__,
+                "transformers": __import__("transformers").__version__,
+            },
+            "recipe": BUILD_RECIPE[mode],
+            "stages": {},
+        }
+        upstream = {"teacher_sft": data_key, "student_sft": data_key}
+        for stage, params in BUILD_RECIPE[mode].items():
+            target = toy / STAGES[stage][0]
+            key = _key(upstream.get(stage, data_key), stage, params, seed)
+            entry = stages_old.get(stage)
+            if not _valid(entry, key, target):
+                entry = {"key": key, "seconds": _run_stage(toy, stage, params, seed, progress)}
+                entry["sha256"] = file_sha256(target / "model.safetensors")
+            manifest["stages"][stage] = entry
+            if stage == "teacher_sft":
+                upstream["teacher_dpo"] = key
+        manifest["build_seconds"] = time.perf_counter() - t0
+        manifest["evaluation"] = old.get("evaluation") if stages_old == manifest["stages"] else None
+        if manifest["evaluation"] is None:
+            manifest["evaluation"] = evaluate_world(toy, world, progress=progress)
+        atomic_write_json(manifest_path, manifest)
+        return manifest
