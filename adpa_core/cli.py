@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 EXIT_USER_ERROR = 2
@@ -342,6 +343,73 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- workbench
+
+
+def _args_workbench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--runs-dir", default="runs", help="folder of the run directories (default: runs)")
+    p.add_argument("--home", default=None, help="ADPA home folder (default: $ADPA_HOME or ~/.cache/adpa)")
+    p.add_argument(
+        "--model-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another folder whose models may be loaded by path (repeatable)",
+    )
+    p.add_argument("--max-runs", type=int, default=1, help="runs trained at the same time (default 1)")
+    p.add_argument(
+        "--toy",
+        choices=("quick", "full", "none"),
+        default="quick",
+        help="toy world to build first when none is built (default quick; none: do not build)",
+    )
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+
+
+def _cmd_workbench(args: argparse.Namespace) -> int:
+    try:
+        from workbench.app import serve
+    except ModuleNotFoundError as exc:
+        print(
+            f"error: the workbench needs gradio, plotly and pandas ({exc}); pip install -e '.[workbench]'",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
+    serve(
+        home=args.home,
+        runs_dir=args.runs_dir,
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        max_concurrent_runs=args.max_runs,
+        model_dirs=tuple(args.model_dir),
+        toy=None if args.toy == "none" else args.toy,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------- reproduce
+
+
+def _args_reproduce(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, default=3, help="seeds whose toy world passes the health gates")
+    p.add_argument("--quick", action="store_true", help="one tiny pass over every row (a smoke test)")
+    p.add_argument("--out", default="results/reproduce", help="output folder (table.md, results.json)")
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    command = "adpa reproduce " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "adpa reproduce"
+    results = reproduce(args.seeds, args.out, quick=args.quick, command=command)
+    print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
+    if results["skipped_seeds"]:
+        print(f"seeds skipped by the health gates: {sorted(results['skipped_seeds'])}")
+    return 0
+
+
 # ---------------------------------------------------------------- registry
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None, Handler | None]] = {
@@ -359,8 +427,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | No
         _cmd_advantages,
     ),
     "eval": ("rewards and win rates of runs (eval.json), against a baseline", _args_eval, _cmd_eval),
-    "reproduce": ("the method table on the toy world", None, None),
-    "workbench": ("the Gradio workbench in the browser", None, None),
+    "reproduce": ("the method table on the toy world", _args_reproduce, _cmd_reproduce),
+    "workbench": ("the Gradio workbench in the browser", _args_workbench, _cmd_workbench),
 }
 
 

@@ -61,7 +61,7 @@ def _key(*parts: Any) -> str:
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """Models this small run faster on one thread (more only adds synchronisation, and on a busy 2-core
     machine oversubscription made steps 15-30x slower)."""
     threads = torch.get_num_threads()
@@ -73,7 +73,7 @@ def _one_thread() -> Iterator[None]:
 
 
 @contextmanager
-def _home(home: str | Path | None) -> Iterator[Path]:
+def toy_home(home: str | Path | None) -> Iterator[Path]:
     """Points `$ADPA_HOME` at `home` for the build (so `toy:` names resolve there)."""
     old = os.environ.get("ADPA_HOME")
     if home is not None:
@@ -175,7 +175,7 @@ def build(
     from .checks import evaluate_world
 
     mode = "quick" if quick else "full"
-    with _home(home) as toy, _one_thread():
+    with toy_home(home) as toy, one_thread():
         toy.mkdir(parents=True, exist_ok=True)
         manifest_path = toy / "manifest.json"
         old = {} if force or not manifest_path.exists() else json.loads(manifest_path.read_text())

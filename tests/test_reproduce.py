@@ -1,0 +1,43 @@
+"""`adpa reproduce --quick` runs every row of the method table end to end and writes the table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from adpa_core.reproduce import ROWS, aggregate, markdown, mean_ci, reproduce
+
+
+def test_mean_ci_by_hand():
+    mean, half = mean_ci([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2) = 4.303 -> 4.303 / sqrt(3)
+    assert mean == 2.0 and half == pytest.approx(4.303 / 3**0.5)
+    assert mean_ci([5.0]) == (5.0, 0.0)
+
+
+@pytest.mark.slow
+def test_quick_reproduce_runs_every_row(toy_home, tmp_path):
+    # the session's quick toy world is seed 0's world: reuse it instead of building it again
+    shutil.copytree(Path(toy_home) / "toy", tmp_path / "seed-0" / "home" / "toy")
+    results = reproduce(1, tmp_path, quick=True)
+    rows = results["per_seed"][0]["rows"]
+    assert list(rows) == [r.name for r in ROWS]
+    for row in ROWS:
+        assert isinstance(rows[row.name]["reward"], float)
+        if row.method is not None:  # trained, chosen on validation, scored on test
+            assert rows[row.name]["chosen"]["val_reward"] is not None
+    table = (tmp_path / "table.md").read_text()
+    assert all(r.name in table for r in ROWS)
+    assert json.loads((tmp_path / "results.json").read_text())["seeds"] == [0]
+    assert "plotly" in (tmp_path / "figure.html").read_text()
+
+
+def test_markdown_layout():
+    per_seed = {
+        0: {"rows": {r.name: {"reward": 1.0, "fact_hard": 0.5} for r in ROWS}},
+        1: {"rows": {r.name: {"reward": 1.5, "fact_hard": 0.7} for r in ROWS}},
+    }
+    text = markdown(aggregate(per_seed), [0, 1], "adpa reproduce --seeds 2")
+    assert "| SFT student (start) | 1.25 ±" in text and "adpa reproduce --seeds 2" in text
