@@ -55,10 +55,19 @@ class FusedLinearLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        grad_h, grad_w = ctx.saved_tensors  # used once: scaled in place, no second full-size copy
+        gh = grad_h.mul_(grad_out.to(grad_h.dtype)) if grad_h is not None else None
+        gw = grad_w.mul_(grad_out).to(ctx.weight_dtype) if grad_w is not None else None
         return gh, gw, None, None, None
+
+
+CHUNK_ELEMENTS = 1 << 25  # one (rows, V) float32 temporary stays <= 128 MiB, whatever the vocabulary
+
+
+def chunk_rows(chunk_size: int, vocab: int) -> int:
+    """Rows per chunk: at most `chunk_size`, fewer for large vocabularies (each chunk holds several (C, V)
+    float32 temporaries, so a fixed row count would let memory grow with V)."""
+    return max(16, min(chunk_size, CHUNK_ELEMENTS // max(vocab, 1)))
 
 
 def fused_linear_loss(

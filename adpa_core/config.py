@@ -251,7 +251,8 @@ class TrainConfig:
     chunked_loss: str = "auto"
     """`auto`, `on` or `off`: compute log-probs chunk by chunk from hidden states (no full (B,T,V) tensor)."""
     chunk_size: int = 1024
-    """Tokens per chunk of the chunked loss path."""
+    """Tokens per chunk of the chunked loss path (fewer for large vocabularies: one (chunk, V) float32
+    tensor stays <= 128 MiB)."""
     gradient_checkpointing: bool = False
     """Recompute student activations in the backward pass to save memory."""
     save_merged: bool = False

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .chunked import chunk_rows
 from .config import RunConfig
 from .losses import IGNORE_INDEX, topk_rest_logp
 from .models import TeacherPair
@@ -35,6 +36,7 @@ CACHE_FORMAT = 1
 LOGP_DTYPES = ("float16", "bfloat16", "float32")  # numpy has no bfloat16: stored as raw uint16 bits
 
 
+CACHE_CHUNK = 1024  # rows per teacher projection while caching (capped by chunk_rows for large V)
 ROW_FIELDS = ("topk_ids", "dpo_topk_logps", "ref_topk_logps", "dpo_rest_logp", "ref_rest_logp")
 
 
@@ -179,22 +181,25 @@ def build_teacher_cache(
 def topk_entry(
     pair: TeacherPair, batch: dict[str, Any], k: int, vocab_size: int, with_ref: bool
 ) -> list[dict[str, np.ndarray]]:
-    """Top-k teacher arrays for each sequence of a batch, only at its counted positions."""
-    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
-    dpo = torch.log_softmax(pair.dpo_forward(**inputs).logits[..., :vocab_size].float(), -1)  # (B, T, V)
-    dpo_topk, ids = dpo.topk(min(k, vocab_size), dim=-1)  # (B, T, K)
-    entries: dict[str, Tensor] = {"ids": ids, "dpo_logps": dpo_topk, "dpo_rest": topk_rest_logp(dpo_topk)}
-    del dpo
-    if with_ref:
-        ref = torch.log_softmax(pair.ref_forward(**inputs).logits[..., :vocab_size].float(), -1)  # (B, T, V)
-        ref_topk = ref.gather(-1, ids)  # (B, T, K)
-        entries.update(ref_logps=ref_topk, ref_rest=topk_rest_logp(ref_topk))
-        del ref
+    """Top-k teacher arrays for each sequence of a batch at its counted positions, projected to the
+    vocabulary a chunk of rows at a time (no (B, T, V) tensor, no prompt positions)."""
     counted = batch["labels"] != IGNORE_INDEX  # (B, T)
-    out = []
-    for b in range(counted.shape[0]):
-        out.append({name: t[b][counted[b]].cpu().numpy() for name, t in entries.items()})
-    return out
+    rows = OnlineTeacher(pair, vocab_size).row_targets(batch, "", with_ref, counted)
+    n, k, step = int(counted.sum()), min(k, vocab_size), chunk_rows(CACHE_CHUNK, vocab_size)
+    parts: dict[str, list[Tensor]] = {}
+    for start in range(0, n, step):
+        t = rows(start, min(start + step, n))
+        dpo = torch.log_softmax(t.dpo_logits[0].float(), -1)  # (C, V)
+        dpo_topk, ids = dpo.topk(k, dim=-1)  # (C, K)
+        part = {"ids": ids, "dpo_logps": dpo_topk, "dpo_rest": topk_rest_logp(dpo_topk)}
+        if with_ref:
+            ref_topk = torch.log_softmax(t.ref_logits[0].float(), -1).gather(-1, ids)  # (C, K)
+            part.update(ref_logps=ref_topk, ref_rest=topk_rest_logp(ref_topk))
+        for name, value in part.items():
+            parts.setdefault(name, []).append(value.cpu())
+    flat = {name: torch.cat(values).numpy() for name, values in parts.items()}  # (N, ...)
+    bounds = [0, *counted.sum(-1).cumsum(0).tolist()]
+    return [{name: a[lo:hi] for name, a in flat.items()} for lo, hi in zip(bounds, bounds[1:], strict=False)]
 
 
 class CacheWriter:

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import objectives as O
 from .checkpoint import load_state, rng_state, save_state
-from .chunked import sequence_logps_chunked, supports_chunking
+from .chunked import chunk_rows, sequence_logps_chunked, supports_chunking
 from .config import ConfigError, RunConfig, save_config
 from .data import collate
 from .losses import sequence_logps
@@ -120,7 +120,7 @@ def _chunk_size(cfg: RunConfig, student: nn.Module, pair: Any, vocab_size: int) 
         )
     if mode == "off" or not supported or (mode == "auto" and vocab_size < CHUNK_MIN_VOCAB):
         return None
-    return cfg.train.chunk_size
+    return chunk_rows(cfg.train.chunk_size, vocab_size)
 
 
 def _reference_fn(cfg: RunConfig, student: nn.Module, vocab_size: int, chunk: int | None):
