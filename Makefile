@@ -38,8 +38,16 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check adpa_core tests
 
-bench: setup
-	$(OFFLINE) $(BIN)/python -m benchmarks.run_all
+# Benchmark-only packages (trl, for the peer comparison) go into the venv once; they change no pinned package.
+BENCH_STAMP := $(VENV)/.bench-stamp
+BENCH_ARGS ?=
+$(BENCH_STAMP): requirements-bench.txt $(STAMP)
+	@if $(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt; then touch $@; \
+	else echo "note: requirements-bench.txt could not be installed: the TRL peer case will say so"; fi
+
+# Every benchmark, tables printed, JSON in benchmarks/out/ (e.g. BENCH_ARGS="--quick" or "--threads 1").
+bench: setup $(BENCH_STAMP)
+	$(OFFLINE) $(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts
