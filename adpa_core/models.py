@@ -8,6 +8,7 @@ one vocabulary (DESIGN.md section 1).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -302,6 +303,20 @@ class TeacherPair:
                 "this teacher pair has no reference teacher (set teacher_ref or teacher_adapter)"
             )
         return self.ref(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    @torch.no_grad()
+    def final_hidden(
+        self, which: str, input_ids: Tensor, attention_mask: Tensor | None = None, **kw: Any
+    ) -> Tensor:
+        """The normed final hidden states (B, T, H) of `dpo` or `ref` from the decoder alone: no logits and
+        no per-layer hidden states kept (`output_hidden_states` would hold GBs for a 7B teacher)."""
+        model = self.dpo if which == "dpo" or self.shares_base else self.ref
+        if model is None:
+            raise ValueError("this teacher pair has no reference teacher")
+        decoder = model.get_decoder()
+        off = self.dpo.disable_adapter() if which == "ref" and self.shares_base else contextlib.nullcontext()
+        with off:
+            return decoder(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
 
     def output_layer(self, which: str = "dpo") -> nn.Module:
         """The lm_head of `dpo` or `ref`: maps final hidden states (B, T, H) to logits (B, T, V).

@@ -88,9 +88,8 @@ class OnlineTeacher:
     ) -> Callable[[int, int], TeacherTargets]:
         """Teacher logits at the counted rows `mask` (B, T), projected chunk by chunk (chunked path)."""
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        kw = {"output_hidden_states": True, "logits_to_keep": 1}
-        dpo = self.pair.dpo_forward(**inputs, **kw).hidden_states[-1][mask]  # (N, H)
-        ref = self.pair.ref_forward(**inputs, **kw).hidden_states[-1][mask] if need_ref else None  # (N, H)
+        dpo = self.pair.final_hidden("dpo", **inputs)[mask]  # (N, H)
+        ref = self.pair.final_hidden("ref", **inputs)[mask] if need_ref else None  # (N, H)
         heads = {
             "dpo": self.pair.output_layer("dpo"),
             "ref": self.pair.output_layer("ref") if need_ref else None,

@@ -416,3 +416,16 @@ def test_adapter_disabled_and_frozen_copy(world):
     ref = frozen_copy(full)
     assert not ref.training and not any(p.requires_grad for p in ref.parameters())
     assert all(p.requires_grad for p in full.parameters()) and full.training
+
+
+def test_final_hidden_projects_to_the_same_logits(world):
+    """The chunked path's teacher hidden states: through the output layer they give the forward's logits."""
+    tok, paths = world
+    cfg = ModelConfig(
+        student=paths["student"], teacher=paths["teacher_ref"], teacher_adapter=paths["adapter"]
+    )
+    pair = load_teacher_pair(cfg, CPU)
+    ids, mask = batch(tok)
+    for which, forward in (("dpo", pair.dpo_forward), ("ref", pair.ref_forward)):
+        logits = pair.output_layer(which)(pair.final_hidden(which, ids, mask))
+        torch.testing.assert_close(logits, forward(ids, mask).logits, rtol=1e-5, atol=1e-5)
