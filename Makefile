@@ -8,7 +8,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRA
 	TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench stress clean browser-deps
+.PHONY: setup demo test test-fast lint strip bench stress clean browser-deps
 
 setup: $(STAMP) browser-deps
 
@@ -28,8 +28,11 @@ browser-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "note: /usr/bin/chromium missing and not root: browser tests will be skipped"; fi
 
+# The workbench on http://127.0.0.1:7860; the first start builds the quick toy world (progress bars shown).
+# e.g. DEMO_ARGS="--port 8000" or "--toy full" (see .venv/bin/adpa workbench --help).
+DEMO_ARGS ?=
 demo: setup
-	@$(OFFLINE) $(BIN)/python -m adpa_core.cli demo
+	@$(OFFLINE) $(BIN)/python -m adpa_core.cli workbench $(DEMO_ARGS)
 
 test: setup
 	$(OFFLINE) $(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -37,6 +40,10 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check adpa_core tests
+
+# Notebooks are committed without outputs (tests/test_notebooks.py checks it): run before committing one.
+strip: setup
+	$(BIN)/python scripts/strip_notebooks.py
 
 # Benchmark-only packages (trl, for the peer comparison) go into the venv once; they change no pinned package.
 BENCH_STAMP := $(VENV)/.bench-stamp

@@ -12,7 +12,7 @@ import os
 import queue
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,8 +206,11 @@ def stream_response(
     greedy: bool = True,
     temperature: float = 1.0,
     seed: int | None = None,
-) -> Iterator[str]:
+) -> Generator[str, None, Generation]:
     """Yields the growing reply text after each new token; the last value equals `generate`'s text.
+
+    The generator's return value (`StopIteration.value`) is the whole reply as a `Generation`, so a caller
+    that streams can still tell whether it `stopped` (e.g. for a reward that penalises unfinished replies).
 
     `model.generate` runs on a worker thread; stopping the iteration early stops it.
     """
@@ -250,9 +253,10 @@ def stream_response(
             thread.join()
     if errors:
         raise errors[0]
-    final = _finish(tokenizer, new, stop).text
-    if final != last:
-        yield final
+    result = _finish(tokenizer, new + (tokens or []), stop)  # `tokens` holds the stop token if one came
+    if result.text != last:
+        yield result.text
+    return result
 
 
 def write_generations_jsonl(

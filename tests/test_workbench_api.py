@@ -1,0 +1,117 @@
+"""The workbench's stable api_names, called through gradio_client against a launched app (toy world)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.workbench_kit import finished_run, free_port
+
+API_NAMES = (
+    "advantages",
+    "alternatives",
+    "sample_prompt",
+    "generate_response",
+    "score_response",
+    "start_run",
+    "cancel_run",
+    "run_status",
+    "list_runs",
+    "chat_student",
+    "chat_aligned",
+    "chat_teacher",
+)
+PROMPT = "which city is nia baker from ?"
+
+
+@pytest.fixture(scope="module")
+def client(toy_home, tmp_path_factory):
+    from gradio_client import Client
+
+    from workbench.app import build_app
+
+    runs = tmp_path_factory.mktemp("api-runs")
+    finished_run(runs, "sft-done")
+    app = build_app(toy_home, str(runs))
+    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(app.local_url, verbose=False)
+    finally:
+        app.close()
+
+
+def test_every_api_name_is_served(client):
+    served = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(f"/{name}" for name in API_NAMES) <= set(served)
+
+
+def test_advantages_through_the_api(client):
+    out = client.predict(
+        PROMPT,
+        "whatever , lima .",
+        "toy:teacher",
+        "toy:teacher_ref",
+        "toy:student",
+        1.0,
+        5,
+        "full",
+        api_name="/advantages",
+    )
+    report, summary, heatmap, table = out[0], out[1], out[2], out[5]
+    n = len(report["tokens"])
+    assert math.isclose(report["total"], sum(report["advantage"]), abs_tol=1e-6)
+    assert len(report["expected_advantage"]) == n and len(table["data"]) == n
+    assert "implicit reward" in summary and heatmap.count("class='adv-token'") == n
+    title, alts = client.predict(report, 0, api_name="/alternatives")
+    assert "Position 0" in title and len(alts["data"]) == 5
+
+
+def test_prompts_generation_and_scores_through_the_api(client):
+    prompt = client.predict("toy:prompts", "test", api_name="/sample_prompt")
+    assert isinstance(prompt, str) and prompt
+    reply = client.predict(PROMPT, "student", "toy:student", "toy:teacher", 24, api_name="/generate_response")
+    assert isinstance(reply, str) and reply
+    score = client.predict(PROMPT, "whatever , lima .", "toy", api_name="/score_response")
+    assert "reward" in score and "✗ polite" in score
+
+
+def test_chats_through_the_api(client):
+    heading, text, score = client.predict(PROMPT, "sft-done", 24, "toy", api_name="/chat_student")
+    assert "toy:student" in heading and text and "reward" in score
+    heading, text, score = client.predict(PROMPT, "sft-done", 24, "toy", api_name="/chat_aligned")
+    assert "sft-done" in heading and text and "reward" in score
+    heading, text, score = client.predict(
+        PROMPT, "toy:teacher", True, 24, "toy", "sft-done", api_name="/chat_teacher"
+    )
+    assert "Teacher" in heading and text
+
+
+def test_runs_through_the_api(client):
+    from gradio_client.exceptions import AppError
+
+    table = client.predict(api_name="/list_runs")
+    assert [row[0] for row in table["data"]] == ["sft-done"]
+    progress, _curve, _table, status = client.predict("sft-done", api_name="/run_status")
+    assert status["display"] == "completed" and status["metrics_rows"] == 2 and "completed" in progress
+    assert "not running" in client.predict("sft-done", api_name="/cancel_run")
+    settings = [
+        "sft",
+        "../escape",
+        2,
+        0.001,
+        0,
+        0.1,
+        1.5,
+        1.0,
+        None,
+        "toy:student",
+        "toy:teacher",
+        "toy:teacher_ref",
+        "toy:preferences",
+        0,
+    ]
+    with pytest.raises(AppError, match="not valid"):
+        client.predict(*settings, api_name="/start_run")
+    with pytest.raises(AppError, match="already exists"):
+        client.predict(*(["sft", "sft-done"] + settings[2:]), api_name="/start_run")
