@@ -9,6 +9,7 @@ is then scored on the test prompts. Across seeds: mean and a 95% t-interval. Wri
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -190,14 +191,29 @@ def _metrics(report: dict[str, Any], baseline: dict[str, Any] | None) -> dict[st
 
 
 def run_seed(seed: int, out: Path, budget: Budget, quick: bool) -> dict[str, Any]:
-    """Builds the toy world of `seed` and scores every row on its test prompts."""
+    """Builds the toy world of `seed` and scores every row on its test prompts; a world that fails the
+    health gates is not used (its rows stay empty) unless `quick`. Finished seeds are kept in
+    `seed-N/result.json` and reused by a rerun with the same budget."""
     from .toy.build import build, one_thread, toy_home
     from .toy.world import make_world
 
     seed_dir = out / f"seed-{seed}"
+    saved = seed_dir / "result.json"
+    if saved.exists():
+        result = json.loads(saved.read_text(encoding="utf-8"))
+        if result.get("budget") == budget.__dict__:
+            return result
     world = make_world(seed)
     with toy_home(seed_dir / "home"), one_thread():
         manifest = build(seed_dir / "home", seed=seed, quick=quick, progress=False)
+        results: dict[str, Any] = {
+            "health": manifest["evaluation"]["health"],
+            "rows": {},
+            "budget": budget.__dict__,
+        }
+        if not quick and not all(g["ok"] for g in results["health"].values()):
+            atomic_write_json(saved, results)
+            return results
         val = load_prompts("toy:prompts", split="validation", max_examples=budget.val_prompts)
         test = load_prompts("toy:prompts", split="test", max_examples=budget.test_prompts)
         results: dict[str, Any] = {"health": manifest["evaluation"]["health"], "rows": {}}
@@ -218,6 +234,7 @@ def run_seed(seed: int, out: Path, budget: Budget, quick: bool) -> dict[str, Any
                 "seconds": time.perf_counter() - t0,
                 **_metrics(report, None if report is baseline else baseline),
             }
+        atomic_write_json(saved, results)
         return results
 
 
