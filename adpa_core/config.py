@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -330,6 +331,25 @@ class RunConfig:
 # ---------------------------------------------------------------- dict / YAML conversion
 
 
+class _SafeLoader12(yaml.SafeLoader):
+    """Safe loading with YAML 1.2 booleans: only true/false, so `mixed_precision: no` or
+    `chunked_loss: off` stay the strings they look like (YAML 1.1 would read them as false)."""
+
+
+_SafeLoader12.yaml_implicit_resolvers = {
+    first: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SafeLoader12.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def yaml_load(text: str) -> Any:
+    """YAML from text with the safe loader and YAML 1.2 booleans."""
+    return yaml.load(text, Loader=_SafeLoader12)  # noqa: S506 - a SafeLoader subclass
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Checks `value` against a resolved field annotation; YAML-style strings become floats."""
     origin = typing.get_origin(annotation)
@@ -411,7 +431,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             _check(isinstance(node, dict), f"override {item!r}: {part} is not a section")
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+            node[parts[-1]] = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from exc
     return data
@@ -427,7 +447,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     data = {} if data is None else data

@@ -291,7 +291,8 @@ def markdown(table: dict[str, dict[str, list[float]]], seeds: list[int], command
     return "\n".join(lines) + "\n" + note
 
 
-def figure_html(table: dict[str, dict[str, list[float]]]) -> str:
+def figure(table: dict[str, dict[str, list[float]]]) -> Any:
+    """A plotly figure of the table: reward and hard-subset correctness per method, with 95% intervals."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -324,7 +325,11 @@ def figure_html(table: dict[str, dict[str, list[float]]]) -> str:
         )
     fig.update_layout(height=120 + 40 * len(names), barmode="group", margin={"l": 260})
     fig.update_yaxes(autorange="reversed")
-    return fig.to_html(include_plotlyjs="cdn", full_html=True)
+    return fig
+
+
+def figure_html(table: dict[str, dict[str, list[float]]]) -> str:
+    return figure(table).to_html(include_plotlyjs="cdn", full_html=True)
 
 
 def reproduce(

@@ -94,3 +94,11 @@ def test_bad_yaml_files(tmp_path):
     unsafe.write_text("name: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(unsafe)
+
+
+def test_yaml_words_that_yaml_1_1_reads_as_booleans_stay_strings(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n  chunked_loss: off\nmodel:\n  lora: true\n")
+    cfg = load_config(path, ["train.chunked_loss=on"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.chunked_loss == "on" and cfg.model.lora is True
+    assert load_config(path, ["train.mixed_precision=no"]).train.mixed_precision == "no"

@@ -284,7 +284,7 @@ def test_serve_builds_the_toy_world_only_when_missing(toy_home, tmp_path, monkey
 
     monkeypatch.setenv("ADPA_HOME", toy_home)  # build_app points $ADPA_HOME at the served home
     builds, served = [], []
-    monkeypatch.setattr(adpa_core.toy.build, "build", lambda home, **kw: builds.append((home, kw)))
+    monkeypatch.setattr(adpa_core.toy.build, "ensure_world", lambda home, **kw: builds.append((home, kw)))
     monkeypatch.setattr(wb, "launch", lambda app, host, port, share, **kw: served.append((host, port, share)))
     wb.serve(home=str(tmp_path / "fresh"), runs_dir=str(tmp_path / "runs"), port=7999)
     assert builds == [(str(tmp_path / "fresh"), {"quick": True, "progress": True})]

@@ -89,13 +89,13 @@ def serve(
     then serves the app until interrupted."""
     home = str(Path(home).expanduser()) if home else str(adpa_home())
     if toy and toy_world_missing(home):
-        from adpa_core.toy.build import build
+        from adpa_core.toy.build import ensure_world
 
         print(
             f"Building the {toy} toy world in {toy_dir(home)} (once; a few minutes on a laptop CPU)...",
             flush=True,
         )
-        build(home, quick=toy == "quick", progress=True)
+        ensure_world(home, quick=toy == "quick", progress=True)
     app = build_app(home, runs_dir, max_concurrent_runs, model_dirs)
     print(f"ADPA Lab workbench on http://{host}:{port} (Ctrl+C stops it)", flush=True)
     launch(app, host, port, share, quiet=not share)  # Gradio prints the share link itself

@@ -48,11 +48,15 @@ MAX_LENGTH, MAX_PROMPT_LENGTH = 128, 64
 EVAL_NEW_TOKENS = 48
 
 
+# The code that decides the data, the tokenizer, the model sizes and the recipe: a change in it invalidates
+# every built stage (changes elsewhere, e.g. in the checks or the reward, keep the built world).
+WORLD_CODE = ("world.py", "datasets.py", "lexicon.py", "tokenizer.py", "models.py")
+
+
 def _code_hash() -> str:
-    """The toy generator's source: a change in it invalidates every built stage."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.read_bytes())
+    for name in WORLD_CODE:
+        digest.update((Path(__file__).parent / name).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -221,3 +225,25 @@ def build(
             manifest["evaluation"] = evaluate_world(toy, world, progress=progress)
         atomic_write_json(manifest_path, manifest)
         return manifest
+
+
+def ensure_world(
+    home: str | Path | None = None, quick: bool = True, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
+    """The toy world's manifest, building it first when it is missing or incomplete. An existing world is
+    kept as it is (its own seed and mode), so a notebook or the workbench never downgrades a full build."""
+    with toy_home(home) as toy:
+        manifest_path = toy / "manifest.json"
+        if manifest_path.exists():
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            stages = manifest.get("stages", {})
+            if manifest.get("evaluation") and all(
+                _valid(stages.get(stage), stages.get(stage, {}).get("key", ""), toy / target)
+                for stage, (target, *_rest) in STAGES.items()
+            ):
+                return manifest
+            seed, quick = (
+                manifest.get("seed", seed),
+                manifest.get("mode", "quick" if quick else "full") == "quick",
+            )
+    return build(home, seed=seed, quick=quick, progress=progress)
