@@ -234,7 +234,7 @@ def _group_chunked(ctx, gbatch, hidden, labels, terms, scale) -> tuple[Tensor, d
     rows, row_labels = hidden[mask], labels[mask]  # (N, H), (N,)
     weights = row_weights(labels, ctx.objective.reduction)[mask]  # (N,)
     teacher = ctx.teacher.row_targets(gbatch, group, need_ref, mask) if need_teacher else None
-    nums = dict.fromkeys(terms, 0.0)
+    nums: dict[str, Any] = dict.fromkeys(terms, 0.0)  # detached: one host sync per term, not per chunk
 
     def chunk_fn(logits: Tensor, start: int, end: int) -> Tensor:  # logits (C, V)
         t = teacher(start, end) if teacher is not None else None
@@ -242,12 +242,12 @@ def _group_chunked(ctx, gbatch, hidden, labels, terms, scale) -> tuple[Tensor, d
         for term in terms:
             per = term_per_token(term, logits[None], row_labels[None, start:end], t, ctx.objective)
             num = (per[0] * weights[start:end]).sum()  # per: (1, C)
-            nums[term] += float(num.detach())
+            nums[term] = nums[term] + num.detach()
             value = value + scale[term] * num
         return value
 
     value = fused_linear_loss(rows, ctx.head, chunk_fn, ctx.vocab_size, ctx.chunk_size)
-    return value, nums
+    return value, {t: float(v) for t, v in nums.items()}
 
 
 def _dpo(ctx, batch, out, labels, scale) -> tuple[Tensor, dict[str, float]]:
