@@ -56,5 +56,11 @@ $(BENCH_STAMP): requirements-bench.txt $(STAMP)
 bench: setup $(BENCH_STAMP)
 	$(OFFLINE) $(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
+# The reliability suite at full length: 10 clients on the advantage API for 60 s (figures printed and in
+# test-artifacts/workbench_load.json), kill -9 / corruption / disk-full / OOM faults, bad inputs, fuzzing.
+STRESS_SECONDS ?= 60
+stress: setup
+	ADPA_STRESS_SECONDS=$(STRESS_SECONDS) $(OFFLINE) $(BIN)/python -m pytest tests/robustness -s -q $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

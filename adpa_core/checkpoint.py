@@ -8,6 +8,7 @@ process), `state.json` (step, tokens seen, elapsed time). Everything is loaded w
 from __future__ import annotations
 
 import json
+import pickle  # only for its error class: every file is loaded with weights_only=True
 import random
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def load_state(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, r
             rng_file = folder / "rng-rank0.pt"
         set_rng_state(torch.load(rng_file, weights_only=True))
         return json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+    except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"cannot resume from {folder}: {exc}") from exc

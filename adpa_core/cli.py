@@ -27,7 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .runs import CheckpointError
     from .stats import EvalError
     from .teacher import StaleCacheError
-    from .train import NonFiniteLossError
+    from .train import NonFiniteLossError, OutOfMemory, RunWriteError
 
     return (
         ConfigError,
@@ -38,6 +38,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         StaleCacheError,
         NonFiniteLossError,
+        OutOfMemory,
+        RunWriteError,
         FileExistsError,
         FileNotFoundError,
     )

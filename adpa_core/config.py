@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -322,6 +323,15 @@ class RunConfig:
             raise ConfigError(
                 "train.mixed_precision=fp16 contradicts model.dtype=bfloat16; use mixed_precision=bf16 or no"
             )
+        # fp16 autocast scales the loss; the scaler refuses float16 gradients ("cannot unscale FP16"),
+        # which full fine-tuning of float16 weights has (LoRA adapters stay float32).
+        _check(
+            not (
+                self.train.mixed_precision == "fp16" and self.model.dtype == "float16" and not self.model.lora
+            ),
+            "train.mixed_precision=fp16 with model.dtype=float16 trains float16 weights, whose gradients the "
+            "fp16 loss scaler cannot unscale; use model.dtype=float32 (or auto), or model.lora=true",
+        )
 
     @property
     def run_dir(self) -> Path:
@@ -348,6 +358,24 @@ _SafeLoader12.add_implicit_resolver(
 def yaml_load(text: str) -> Any:
     """YAML from text with the safe loader and YAML 1.2 booleans."""
     return yaml.load(text, Loader=_SafeLoader12)  # noqa: S506 - a SafeLoader subclass
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """`yaml_load`, every failure a one-line ConfigError that starts with `where` and gives the line."""
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError as exc:
+        mark, start = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        detail = getattr(exc, "problem", None) or str(exc)
+        if getattr(exc, "context", None):
+            started = f" started at line {start.line + 1}" if start is not None and mark is not None else ""
+            detail += f" ({exc.context}{started})"
+        raise ConfigError(f"{where}: not valid YAML{at}: {' '.join(detail.split())}") from exc
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # PyYAML builds e.g. dates and ints with Python's checks
+        raise ConfigError(f"{where}: not valid YAML: a value cannot be read ({exc})") from exc
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -385,20 +413,32 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             isinstance(value, int | float) and not isinstance(value, bool),
             f"{where}={value!r} must be a number",
         )
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}={value} is too large for a number") from None
     if annotation is str:
         _check(isinstance(value, str), f"{where}={value!r} must be a string")
         return value
     return value
 
 
+def _key_name(key: Any) -> str:
+    """A key as typed when it is a plain word, else its repr (a YAML key may be empty or hold a newline)."""
+    text = str(key)
+    return text if text and text.isprintable() and text.strip() == text else repr(key)
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     _check(isinstance(data, dict), f"{where or 'config'} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted((k for k in data if k not in fields), key=str)  # YAML keys need not be strings
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}; valid keys here: {', '.join(fields)}")
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        hint = f"did you mean {prefix}{close[0]}? " if close else ""
+        key = _key_name(unknown[0])
+        raise ConfigError(f"unknown key {prefix}{key}; {hint}valid keys here: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
@@ -428,17 +468,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         _check(all(parts), f"override {item!r} has an empty key part")
         node = data
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            _check(isinstance(node, dict), f"override {item!r}: {part} is not a section")
-        try:
-            node[parts[-1]] = yaml_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from exc
+            if node.get(part) is None:  # `model:` with nothing under it is an empty section
+                node[part] = {}
+            node = node[part]
+            _check(isinstance(node, dict), f"override {item!r}: {_key_name(part)} is not a section")
+        node[parts[-1]] = _parse_yaml(raw, f"override {item!r}") if raw.strip() else None
     return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Loads a YAML run config (safe loader), applies `--set` overrides and validates."""
+    """Loads a YAML run config (safe loader), applies `--set` overrides and validates; every problem
+    (unreadable or empty file, bad YAML, bad value) is a one-line ConfigError that names the file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -446,11 +486,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"config file not found: {path}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    try:
-        data = yaml_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    data = {} if data is None else data
+    data = _parse_yaml(text, str(path))
+    _check(
+        data is not None,
+        f"{path} is empty (no settings); write the sections you change, e.g. `objective: {{method: sft}}`, "
+        "or start from a file in configs/",
+    )
     _check(
         isinstance(data, dict),
         f"{path}: the top level must be a mapping of sections, got {type(data).__name__}",

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import re
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -83,10 +86,26 @@ def _resolve(name: str, what: str, marker: tuple[str, ...]) -> str:
 def _load(fn: Any, path: str, what: str, **kwargs: Any) -> Any:
     try:
         return fn(path, **kwargs)
-    except (OSError, ValueError) as exc:  # transformers raises both; offline hub ids end up here at once
-        raise ModelLoadError(
-            f"could not load the {what} from {path!r} (not a local folder? offline?): {exc}"
-        ) from exc
+    except (OSError, ValueError, SafetensorError) as exc:  # offline hub ids end up here at once
+        raise ModelLoadError(_load_problem(exc, path, what)) from exc
+
+
+def _load_problem(exc: Exception, path: str, what: str) -> str:
+    """One line naming `path` and what to do (transformers' own messages span several lines)."""
+    text = " ".join(str(exc).split())
+    local = Path(path).exists()
+    if "trust_remote_code" in text:
+        source = "folder" if local else "hub repository"
+        return (
+            f"the {what} in {path} needs custom code shipped with it (auto_map in its config) and "
+            f"model.trust_remote_code is off; set model.trust_remote_code=true only if you trust that "
+            f"{source}: it runs the Python code from {path}"
+        )
+    if isinstance(exc, SafetensorError):
+        return f"the weights in {path} are corrupt or truncated ({text}); save or copy the model again"
+    if local:
+        return f"could not load the {what} from {path}: {text}"
+    return f"could not load the {what} from {path!r} (not a local folder? offline?): {text}"
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
@@ -417,8 +436,12 @@ def check_model_fits_tokenizer(model: nn.Module, tokenizer: Any, name: str = "mo
 def check_model_and_tokenizer(
     path: str, model: nn.Module, tokenizer: Any, name: str, trust_remote_code: bool = False
 ) -> None:
-    """Checks `model` (loaded from `path`) and the tokenizer saved with it, if any, against `tokenizer`."""
-    check_model_fits_tokenizer(model, tokenizer, name)
+    """Checks `model` (loaded from `path`) and the tokenizer saved with it, if any, against `tokenizer`.
+
+    A TokenizerMismatchError names `path`.
+    """
+    with _naming(path):
+        check_model_fits_tokenizer(model, tokenizer, name)
     try:
         own = load_tokenizer(path, trust_remote_code)
     except ModelLoadError:
@@ -426,7 +449,16 @@ def check_model_and_tokenizer(
             f"no tokenizer could be loaded from {path}; checked its embedding size only", stacklevel=2
         )
         return
-    check_tokenizer_contract(tokenizer, own, ("student", name))
+    with _naming(path):
+        check_tokenizer_contract(tokenizer, own, ("student", name))
+
+
+@contextmanager
+def _naming(path: str) -> Iterator[None]:
+    try:
+        yield
+    except TokenizerMismatchError as exc:
+        raise TokenizerMismatchError(f"{path}: {exc}") from None
 
 
 # ---------------------------------------------------------------- saving and reference models
@@ -441,17 +473,23 @@ def save_student(model: nn.Module, tokenizer: Any, path: str | Path, merge: bool
     Full fine-tuning: `save_pretrained` into `path` (`model`); `merge` has nothing to do.
     """
     path = Path(path)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    tmp = path.with_name(f".{path.name}.tmp")  # written aside and renamed: never a half-saved model
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if isinstance(model, PeftModel) and merge:
+            merged = copy.deepcopy(model).merge_and_unload()
+            merged.save_pretrained(tmp / "merged")
+            tokenizer.save_pretrained(tmp / "merged")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
     if not isinstance(model, PeftModel):
         return {"model": path}
-    out = {"adapter": path}
-    if merge:
-        merged = copy.deepcopy(model).merge_and_unload()
-        merged.save_pretrained(path / "merged")
-        tokenizer.save_pretrained(path / "merged")
-        out["merged"] = path / "merged"
-    return out
+    return {"adapter": path, **({"merged": path / "merged"} if merge else {})}
 
 
 @contextmanager

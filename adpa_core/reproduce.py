@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ class Budget:
     max_new_tokens: int = 48
     sweep: bool = True
     max_examples: int | None = None  # training pairs used (None: all)
+    # How a prompt split is cut to val_prompts/test_prompts: a seeded random sample across its kinds (the
+    # split files list all fact prompts before all arithmetic ones, so "the first N" would be facts only).
+    prompt_sample: str = "random"
 
 
 QUICK = Budget(
@@ -190,6 +194,14 @@ def _metrics(report: dict[str, Any], baseline: dict[str, Any] | None) -> dict[st
     return out
 
 
+def sample_prompts(rows: list[dict], n: int | None, seed: int) -> list[dict]:
+    """`n` rows drawn at random (seeded) from the whole split, in their file order; all when `n` is None."""
+    if n is None or n >= len(rows):
+        return rows
+    keep = set(random.Random(f"prompts-{seed}").sample(range(len(rows)), n))
+    return [row for i, row in enumerate(rows) if i in keep]
+
+
 def run_seed(seed: int, out: Path, budget: Budget, quick: bool) -> dict[str, Any]:
     """Builds the toy world of `seed` and scores every row on its test prompts; a world that fails the
     health gates is not used (its rows stay empty) unless `quick`. Finished seeds are kept in
@@ -201,7 +213,8 @@ def run_seed(seed: int, out: Path, budget: Budget, quick: bool) -> dict[str, Any
     saved = seed_dir / "result.json"
     if saved.exists():
         result = json.loads(saved.read_text(encoding="utf-8"))
-        if result.get("budget") == budget.__dict__:
+        gate_failed = not quick and not all(g["ok"] for g in result["health"].values())
+        if result.get("budget") == budget.__dict__ or gate_failed:  # a world's health has no budget
             return result
     world = make_world(seed)
     with toy_home(seed_dir / "home"), one_thread():
@@ -214,9 +227,8 @@ def run_seed(seed: int, out: Path, budget: Budget, quick: bool) -> dict[str, Any
         if not quick and not all(g["ok"] for g in results["health"].values()):
             atomic_write_json(saved, results)
             return results
-        val = load_prompts("toy:prompts", split="validation", max_examples=budget.val_prompts)
-        test = load_prompts("toy:prompts", split="test", max_examples=budget.test_prompts)
-        results: dict[str, Any] = {"health": manifest["evaluation"]["health"], "rows": {}}
+        val = sample_prompts(load_prompts("toy:prompts", split="validation"), budget.val_prompts, seed)
+        test = sample_prompts(load_prompts("toy:prompts", split="test"), budget.test_prompts, seed)
         baseline = None
         for row in ROWS:
             t0 = time.perf_counter()

@@ -164,6 +164,18 @@ class RunDir:
         os.replace(tmp, final)
         return final
 
+    def discard_partial_writes(self) -> None:
+        """Removes what a crash in the middle of a write left: temporary files that were never renamed
+        into place and checkpoint folders that were never published. Only for a run that is not running."""
+        for folder in (self.path, self.generations_dir, self.checkpoints_dir):
+            if not folder.exists():
+                continue
+            for tmp in folder.glob(".*.tmp*"):
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
+
     def prune_checkpoints(self, keep: int) -> None:
         for old in self.checkpoint_dirs()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

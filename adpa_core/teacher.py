@@ -153,25 +153,29 @@ def build_teacher_cache(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    for group in groups:
-        for start in tqdm(range(0, len(rows), bs), desc=f"caching teacher ({group})"):
-            part = rows[start : start + bs]
-            batch = collate(part, (group,), tokenizer.pad_token_id, cfg.data.padding_side)
-            batch = {key: (v.to(device) if key != "ids" else v) for key, v in batch.items()}
-            for b, entry in enumerate(topk_entry(pair, batch, k, vocab, with_ref)):
-                token_hash = sequence_hash(
-                    batch["input_ids"][b], batch["attention_mask"][b], batch["labels"][b]
-                )
-                writer.add(f"{group}/{batch['ids'][b]}", token_hash, entry)
-    seconds = time.perf_counter() - t0
-    meta = {
-        **cache_identity(cfg, vocab),
-        "groups": list(groups),
-        "has_reference": with_ref,
-        "data": cfg.data.train,
-        "build_seconds": seconds,
-    }
-    meta = writer.close(meta)
+    try:
+        for group in groups:
+            for start in tqdm(range(0, len(rows), bs), desc=f"caching teacher ({group})"):
+                part = rows[start : start + bs]
+                batch = collate(part, (group,), tokenizer.pad_token_id, cfg.data.padding_side)
+                batch = {key: (v.to(device) if key != "ids" else v) for key, v in batch.items()}
+                for b, entry in enumerate(topk_entry(pair, batch, k, vocab, with_ref)):
+                    token_hash = sequence_hash(
+                        batch["input_ids"][b], batch["attention_mask"][b], batch["labels"][b]
+                    )
+                    writer.add(f"{group}/{batch['ids'][b]}", token_hash, entry)
+        seconds = time.perf_counter() - t0
+        meta = {
+            **cache_identity(cfg, vocab),
+            "groups": list(groups),
+            "has_reference": with_ref,
+            "data": cfg.data.train,
+            "build_seconds": seconds,
+        }
+        meta = writer.close(meta)
+    except BaseException:
+        writer.discard()  # the half-built cache goes; an older complete cache at `out` stays as it was
+        raise
     meta["tokens_per_s"] = meta["tokens"] / max(seconds, 1e-9)
     return meta
 
@@ -251,11 +255,16 @@ class CacheWriter:
         self.pending, self.pending_tokens = [], 0
         self.shard += 1
 
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
     def close(self, meta: dict[str, Any]) -> dict[str, Any]:
         self._flush()
         (self.tmp / "index.json").write_text(json.dumps(self.index), encoding="utf-8")
-        file_bytes = sum(p.stat().st_size for p in self.tmp.rglob("*.npy"))
+        sizes = {str(p.relative_to(self.tmp)): p.stat().st_size for p in sorted(self.tmp.rglob("*.npy"))}
+        file_bytes = sum(sizes.values())
         meta = {
+            "files": {**sizes, "index.json": (self.tmp / "index.json").stat().st_size},
             **meta,
             "format": CACHE_FORMAT,
             "k": self.k,
@@ -311,6 +320,13 @@ def _decode_logps(arr: np.ndarray, dtype: str) -> Tensor:
 # ---------------------------------------------------------------- cache: reading
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StaleCacheError(f"{path} is unreadable ({exc}); rebuild with `adpa cache-teacher`") from exc
+
+
 class TeacherCache:
     """A memory-mapped top-k teacher cache; `targets()` builds padded (B, T, K) tensors for a batch."""
 
@@ -322,7 +338,7 @@ class TeacherCache:
                 f"{self.path} is not a complete teacher cache (no meta.json); build it with "
                 "`adpa cache-teacher`"
             )
-        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        self.meta = _read_json(meta_path)
         if self.meta.get("format") != CACHE_FORMAT:
             raise StaleCacheError(
                 f"{self.path}: cache format {self.meta.get('format')} != {CACHE_FORMAT}; rebuild"
@@ -333,9 +349,23 @@ class TeacherCache:
                     f"{self.path} was built with {key}={self.meta.get(key)!r} but this run has {want!r}; "
                     "rebuild it with `adpa cache-teacher` (a stale cache is never used)"
                 )
-        self.index = json.loads((self.path / "index.json").read_text(encoding="utf-8"))
+        self._verify_files()
+        self.index = _read_json(self.path / "index.json")
         self.k = int(self.meta["k"])
         self._shards: dict[int, dict[str, np.ndarray]] = {}
+
+    def _verify_files(self) -> None:
+        """Every file the cache was written with is there at its recorded size (cheap: no hashing of
+        gigabytes); a truncated or missing shard is refused instead of read as garbage."""
+        for name, size in self.meta.get("files", {}).items():
+            file = self.path / name
+            if not file.exists():
+                raise StaleCacheError(f"{self.path}: {name} is missing; rebuild with `adpa cache-teacher`")
+            if file.stat().st_size != size:
+                raise StaleCacheError(
+                    f"{self.path}: {name} has {file.stat().st_size} bytes, {size} were written (truncated or "
+                    "corrupted); rebuild with `adpa cache-teacher`"
+                )
 
     @property
     def has_reference(self) -> bool:

@@ -9,7 +9,10 @@ accumulation equals 8 x 1 and two processes equal one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
+import shutil
 import time
 import traceback
 from collections import defaultdict
@@ -35,6 +38,7 @@ from .prepare import attach_yhat, load_rows
 from .runs import RunDir
 from .teacher import OnlineTeacher, TeacherCache, cache_identity
 
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.EFBIG)
 DATA_KEYS = ("input_ids", "attention_mask", "position_ids", "labels")
 CHUNK_MIN_VOCAB = 8192  # below this, full logits are small and the plain path is as fast
 
@@ -45,6 +49,53 @@ class NonFiniteLossError(RuntimeError):
 
 class RunCancelled(Exception):
     """Raised (e.g. from a SIGTERM handler) to stop a run and mark it cancelled."""
+
+
+class OutOfMemory(RuntimeError):
+    """The device (or host) ran out of memory; the message says what to change. The last good checkpoint
+    is kept."""
+
+
+class RunWriteError(OSError):
+    """Writing the run directory failed (disk full, permissions); the last good checkpoint is kept."""
+
+
+OOM_ADVICE = (
+    "lower train.batch_size and raise train.grad_accum to keep the same effective batch; "
+    "set train.chunked_loss: on (the loss never holds full-vocabulary logits); "
+    "set train.gradient_checkpointing: true; load the teacher in 4-bit (model.teacher_quantization: 4bit) "
+    "or precompute it once (`adpa cache-teacher`, then objective.teacher_source: cache); "
+    "or shorten data.max_length"
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA OOM and for the host allocator's failure on CPU."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text.lower() or "can't allocate memory" in text.lower()
+    )
+
+
+def _explain(exc: BaseException, s: Session | None, run: RunDir) -> BaseException:
+    """A user-facing error for resource failures (OOM, disk), naming what to change; others unchanged."""
+    step = s.loop["step"] if s is not None else 0
+    ckpt = run.latest_valid_checkpoint()
+    kept = f"the last good checkpoint {ckpt.name} is kept" if ckpt else "no checkpoint was written yet"
+    if is_out_of_memory(exc):
+        where = f"at step {step + 1}" if s is not None else "while loading the models and data"
+        return OutOfMemory(
+            f"out of memory {where} ({type(exc).__name__}: {exc}); {kept}. To fit: {OOM_ADVICE}"
+        )
+    if isinstance(exc, OSError) and not isinstance(exc, RunWriteError) and exc.errno in WRITE_ERRNOS:
+        return RunWriteError(
+            exc.errno,
+            f"could not write {exc.filename or run.path} at step {step} ({exc.strerror}); {kept}; "
+            "free disk space (or fix permissions) and continue with --resume",
+        )
+    return exc
 
 
 @dataclass
@@ -268,11 +319,17 @@ def save_checkpoint(s: Session) -> None:
     if acc.is_main_process:
         tmp = run.begin_checkpoint(step)
     acc.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        save_state(tmp, acc.unwrap_model(s.ctx.student), s.optimizer, s.scheduler, s.loop)
-        run.commit_checkpoint(step, tmp)
+    try:
+        torch.save(rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_state(tmp, acc.unwrap_model(s.ctx.student), s.optimizer, s.scheduler, s.loop)
+            run.commit_checkpoint(step, tmp)
+    except BaseException:
+        if acc.is_main_process:  # a half-written checkpoint never stays behind (nor fills the disk)
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if acc.is_main_process:  # older checkpoints go only once the new one is complete
         run.prune_checkpoints(s.cfg.train.keep_checkpoints)
     acc.wait_for_everyone()
 
@@ -289,7 +346,10 @@ def _check_start(run: RunDir, resume: bool) -> None:
     """Read-only: every process checks before any process writes."""
     if run.exists() and not resume:
         state = run.read_status().get("state")
-        if state != "queued" or run.read_metrics():
+        # a run queued by the workbench, or one that failed before its first step (bad data, a wrong
+        # path), has nothing to lose: it starts again; anything else needs --resume or another name
+        fresh = state in ("queued", "failed") and not run.read_metrics() and not run.checkpoint_dirs()
+        if not fresh:
             raise FileExistsError(
                 f"run directory {run.path} already exists (state {state}); use --resume to "
                 "continue it or choose another run name"
@@ -297,6 +357,9 @@ def _check_start(run: RunDir, resume: bool) -> None:
 
 
 def _resume(s: Session) -> None:
+    if s.acc.is_main_process:  # what a kill in the middle of a write left behind
+        s.run.discard_partial_writes()
+    s.acc.wait_for_everyone()
     ckpt = s.run.latest_valid_checkpoint()
     if ckpt is None:
         return
@@ -323,6 +386,7 @@ def train(cfg: RunConfig, *, resume: bool = False) -> Iterator[dict[str, Any]]:
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config_path)
         run.set_status("running", step=0, max_steps=cfg.train.max_steps, error=None)
+    s: Session | None = None
     try:
         s = setup(cfg, run, acc)
         if resume:
@@ -334,10 +398,15 @@ def train(cfg: RunConfig, *, resume: bool = False) -> Iterator[dict[str, Any]]:
             run.set_status("cancelled", error="cancelled by the user")
         raise
     except BaseException as exc:
+        explained = _explain(exc, s, run)
         if main:
             tb = traceback.format_exc()[-4000:]
-            run.set_status("failed", error=f"{type(exc).__name__}: {exc}", traceback=tb)
-        raise
+            # the disk that failed may refuse the status too; the raised error still says what happened
+            with contextlib.suppress(OSError):
+                run.set_status("failed", error=f"{type(explained).__name__}: {explained}", traceback=tb)
+        if explained is exc:
+            raise
+        raise explained from exc
 
 
 def _loop(s: Session) -> Iterator[dict[str, Any]]:

@@ -41,3 +41,15 @@ def test_markdown_layout():
     }
     text = markdown(aggregate(per_seed), [0, 1], "adpa reproduce --seeds 2")
     assert "| SFT student (start) | 1.25 ±" in text and "adpa reproduce --seeds 2" in text
+
+
+def test_prompt_samples_span_every_kind_and_are_seeded():
+    from adpa_core.reproduce import sample_prompts
+
+    rows = [{"id": i, "kind": "fact" if i < 150 else "arith"} for i in range(300)]  # the split files' order
+    picked = sample_prompts(rows, 150, seed=1)
+    kinds = [r["kind"] for r in picked]
+    assert len(picked) == 150 and 50 <= kinds.count("arith") <= 100
+    assert [r["id"] for r in picked] == sorted(r["id"] for r in picked)
+    assert picked == sample_prompts(rows, 150, seed=1) != sample_prompts(rows, 150, seed=2)
+    assert sample_prompts(rows, None, seed=1) == rows

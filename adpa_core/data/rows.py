@@ -64,6 +64,28 @@ class _RowError(Exception):
         self.field, self.reason = field_name, reason
 
 
+def _text(value: str, field_name: str) -> str:
+    """`value` if it can be saved as UTF-8: a JSON `\\ud800` escape decodes to a lone surrogate, which
+    would break hashing the row, writing it to Arrow and tokenizing it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _RowError(
+            field_name,
+            f"not valid Unicode text (lone surrogate {value[exc.start]!r} at character {exc.start}; "
+            "an unpaired \\uXXXX escape?)",
+        ) from None
+    return value
+
+
+def _missing(row: dict, name: str, hint: str = "") -> _RowError:
+    """A 'missing field' error that says whether the field is null or absent (and which fields are there)."""
+    if name in row:
+        return _RowError(name, f"missing field ({hint}it is null)")
+    present = ", ".join(repr(str(k)) for k in list(row)[:8]) + (", ..." if len(row) > 8 else "")
+    return _RowError(name, f"missing field ({hint}the row has {present or 'no fields'})")
+
+
 def _messages(value: Any, field_name: str) -> Messages:
     if not isinstance(value, list):
         raise _RowError(field_name, f"must be a list of messages, got {type(value).__name__}")
@@ -77,6 +99,7 @@ def _messages(value: Any, field_name: str) -> Messages:
             raise _RowError(where, f"unknown role {role!r} (use {', '.join(ROLES)})")
         if not isinstance(content, str):
             raise _RowError(where, f"content must be a string, got {type(content).__name__}")
+        _text(content, where)
         if role != "system" and not content.strip():
             raise _RowError(where, f"empty {role} message")
         out.append({"role": role, "content": content})
@@ -108,14 +131,16 @@ def _prompt(value: Any) -> Messages:
     if isinstance(value, str):
         if not value.strip():
             raise _RowError("prompt", "is empty")
-        return [{"role": "user", "content": value}]
+        return [{"role": "user", "content": _text(value, "prompt")}]
+    if not isinstance(value, list):
+        raise _RowError("prompt", f"must be a string or a list of messages, got {type(value).__name__}")
     return _messages(value, "prompt")
 
 
 def _response(value: Any, field_name: str) -> tuple[Messages | None, str]:
     """A reply string or a conversation ending with the assistant -> (conversation prefix or None, reply)."""
     if isinstance(value, str):
-        reply, prefix = value, None
+        reply, prefix = _text(value, field_name), None
     elif isinstance(value, list):
         conv = _messages(value, field_name)
         if not conv or conv[-1]["role"] != "assistant":
@@ -157,7 +182,7 @@ def preference_row(row: Any) -> dict[str, Any]:
         raise _RowError("", _not_an_object(row))
     for name in ("chosen", "rejected"):
         if row.get(name) is None:
-            raise _RowError(name, "missing field")
+            raise _missing(row, name)
     chosen_prefix, chosen = _response(row["chosen"], "chosen")
     rejected_prefix, rejected = _response(row["rejected"], "rejected")
     prompt = _resolve_prompt(row, {"chosen": chosen_prefix, "rejected": rejected_prefix})
@@ -177,9 +202,7 @@ def sft_row(row: Any) -> dict[str, Any]:
         return {"prompt": _check_prompt(prefix, "messages"), "response": response}
     name = "completion" if row.get("completion") is not None else "response"
     if row.get(name) is None:
-        raise _RowError(
-            "response", "missing field (give 'messages', or 'prompt' with 'completion' or 'response')"
-        )
+        raise _missing(row, name, "give 'messages', or 'prompt' with 'completion' or 'response'; ")
     prefix, response = _response(row[name], name)
     return {"prompt": _resolve_prompt(row, {name: prefix}), "response": response}
 
@@ -200,7 +223,7 @@ def prompt_row(row: Any) -> dict[str, Any]:
     if any(row.get(k) is not None for k in ("messages", "completion", "response")):
         return sft_row(row)
     if row.get("prompt") is None:
-        raise _RowError("prompt", "missing field")
+        raise _missing(row, "prompt")
     return {"prompt": _check_prompt(_prompt(row["prompt"]), "prompt")}
 
 
@@ -216,7 +239,7 @@ def _given_id(row: Any) -> str | None:
     value = row["id"]
     if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
         raise _RowError("id", f"must be a non-empty string or an integer, got {value!r}")
-    return str(value)
+    return _text(str(value), "id")
 
 
 def _describe(location: str, given: str | None, exc: _RowError) -> tuple[str, str]:

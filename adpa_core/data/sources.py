@@ -78,6 +78,8 @@ def read_file(path: str | Path) -> list[tuple[str, Any]]:
         raise DataError(
             f"{path}: unsupported file type {suffix or '(none)'!r}; use .json, .jsonl or .parquet"
         )
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a data file; give the .json/.jsonl/.parquet file in it")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if suffix == ".parquet":
@@ -93,6 +95,8 @@ def read_file(path: str | Path) -> list[tuple[str, Any]]:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):
             return read_jsonl_text(text, str(path))  # a .json file that actually holds JSON lines
         raise DataError(f"{path} line {exc.lineno}: broken JSON ({exc.msg}, column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{path}: broken JSON ({_json_problem(exc)})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -103,7 +107,10 @@ def read_file(path: str | Path) -> list[tuple[str, Any]]:
 
 def read_text(path: str | Path) -> str:
     """A text file's content; bytes that are not UTF-8 give a DataError naming the line and byte offset."""
-    raw = Path(path).read_bytes()
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -128,13 +135,21 @@ def read_jsonl_text(text: str, origin: str) -> list[tuple[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rows.append(
-                (f"{origin} line {lineno}", BrokenLine(f"broken JSON line ({exc.msg}, column {exc.colno})"))
-            )
+        except (ValueError, RecursionError) as exc:
+            rows.append((f"{origin} line {lineno}", BrokenLine(f"broken JSON line ({_json_problem(exc)})")))
             continue
         rows.append((f"{origin} row {len(rows)} (line {lineno})", row))
     return rows
+
+
+def _json_problem(exc: ValueError | RecursionError) -> str:
+    """Why `json.loads` refused a text: a syntax error, nesting past Python's recursion limit, or a value
+    Python will not convert (an integer of more than 4300 digits)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg}, column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split(";")[0]
 
 
 def _read_parquet(path: Path) -> list[tuple[str, Any]]:

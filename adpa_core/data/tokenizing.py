@@ -19,6 +19,7 @@ from typing import Any
 
 import datasets
 from datasets import Features, List, Value
+from jinja2 import TemplateError
 from tqdm.auto import tqdm
 
 from adpa_core.config import DataConfig
@@ -43,8 +44,27 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def render(
+    tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool, example_id: str | None = None
+) -> str:
+    """The chat template's text for `messages`; a missing or failing template is a DataError."""
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except (TemplateError, ValueError) as exc:  # no template, or one that refuses e.g. system messages
+        if getattr(tokenizer, "chat_template", "") is None:
+            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            raise DataError(
+                f"the tokenizer {name!r} has no chat template; use a chat model's tokenizer "
+                "(model.tokenizer) or set tokenizer.chat_template"
+            ) from None
+        where = f"example {example_id!r}: " if example_id is not None else ""
+        roles = ", ".join(str(m.get("role")) for m in messages)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{where}the tokenizer's chat template cannot render messages with roles [{roles}] ({first})"
+        ) from None
 
 
 def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -128,7 +148,8 @@ def response_ids(
     example_id: str | None = None,
 ) -> list[int] | Dropped:
     """Response tokens: the full rendering minus the prompt rendering, cut right after end-of-turn."""
-    full = render(tokenizer, [*prompt, {"role": "assistant", "content": response}], generation_prompt=False)
+    conversation = [*prompt, {"role": "assistant", "content": response}]
+    full = render(tokenizer, conversation, generation_prompt=False, example_id=example_id)
     if not full.startswith(prompt_text):
         raise DataError(
             f"example {example_id!r}: the chat template breaks the prefix property (the prompt rendered with "
@@ -158,7 +179,7 @@ def tokenize_example(
 ) -> dict[str, Any] | Dropped:
     """One (prompt, response) -> {input_ids, labels, prompt_length} (shifted labels), or Dropped(reason)."""
     eot = end_of_turn_id(tokenizer) if eot_id is None else eot_id
-    prompt_text = render(tokenizer, prompt_messages, generation_prompt=True)
+    prompt_text = render(tokenizer, prompt_messages, generation_prompt=True, example_id=example_id)
     resp = response_ids(tokenizer, prompt_messages, response, eot, prompt_text, example_id)
     if isinstance(resp, Dropped):
         return resp
