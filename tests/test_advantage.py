@@ -22,7 +22,6 @@ from adpa_core.cli import EXIT_USER_ERROR, main
 from adpa_core.config import ModelConfig
 from adpa_core.data import DataError, end_of_turn_id, tokenize_example
 from adpa_core.models import TeacherPair, freeze, load_inference_model, load_teacher_pair, load_tokenizer
-from adpa_core.paths import toy_dir
 from tests.tiny import make_llama
 from tests.trainkit import build_world
 
@@ -379,9 +378,8 @@ def test_cli_user_errors_are_one_line(world, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "empty" in err[0]
 
 
-def test_cli_toy_names_resolve(world, capsys):
-    if (toy_dir() / "teacher" / "config.json").exists():
-        pytest.skip("a built toy world is present; this checks the not-built message")
+def test_cli_toy_names_resolve(world, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("ADPA_HOME", str(tmp_path / "home-without-a-toy-world"))
     args = cli_args(world)
     args[args.index("--teacher") + 1] = "toy:teacher"
     assert main(args) == EXIT_USER_ERROR

@@ -98,7 +98,7 @@ def test_load_tokenizer_sets_pad_to_eos(tmp_path):
     assert loaded.pad_token == loaded.eos_token == "<|end|>"
 
 
-def test_missing_paths_give_clear_errors(tmp_path, world):
+def test_missing_paths_give_clear_errors(tmp_path, world, monkeypatch):
     tok, paths = world
     assert issubclass(ModelLoadError, OSError) and issubclass(TokenizerMismatchError, ValueError)
     missing = tmp_path / "nowhere" / "model"
@@ -115,8 +115,9 @@ def test_missing_paths_give_clear_errors(tmp_path, world):
         load_tokenizer(str(tmp_path / "weights_only"))
     with pytest.raises(ModelLoadError, match="holds no LoRA adapter"):
         load_teacher(paths["teacher"], ModelConfig(), CPU, adapter=str(empty))
+    monkeypatch.setenv("ADPA_HOME", str(tmp_path / "home-without-a-toy-world"))
     with pytest.raises(ModelLoadError, match="adpa toy build"):
-        load_tokenizer("toy:student")  # conftest points ADPA_HOME at an empty folder
+        load_tokenizer("toy:student")
 
 
 def test_hub_id_fails_fast_offline():  # conftest sets HF_HUB_OFFLINE=1
