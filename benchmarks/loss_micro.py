@@ -9,7 +9,7 @@ One forward + backward of a loss over N counted tokens with an output layer of V
   projected chunk by chunk from the teacher's hidden states (what the chunked `loss_step` does).
 
 Terms: `dckd` = NLL + 0.1 * forward KL against the DPO teacher; `adpa` = NLL + 1.5 * ADPA term with the
-advantages of a DPO and a reference teacher on the DPO teacher's top-50 (the default objective).
+advantages of a DPO and a reference teacher on the DPO teacher's top-50 (the paper's setting).
 
     python -m benchmarks.loss_micro [--quick] [--sizes 32k:2k,128k:2k] [--hidden 1024] [--device cpu]
 """
