@@ -430,3 +430,21 @@ def test_final_hidden_projects_to_the_same_logits(world):
     for which, forward in (("dpo", pair.dpo_forward), ("ref", pair.ref_forward)):
         logits = pair.output_layer(which)(pair.final_hidden(which, ids, mask))
         torch.testing.assert_close(logits, forward(ids, mask).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_only_the_optional_kernel_notice_of_bitsandbytes_is_dropped():
+    import logging
+    import subprocess
+    import sys
+
+    from adpa_core import OPTIONAL_KERNEL_NOTICE
+
+    code = "import adpa_core.models, bitsandbytes"  # importing bitsandbytes is what logs the notice
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and OPTIONAL_KERNEL_NOTICE not in done.stderr
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    keep = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "another warning", (), None)
+    drop = logger.makeRecord(
+        logger.name, logging.WARNING, __file__, 1, OPTIONAL_KERNEL_NOTICE + ": %s", ("x",), None
+    )
+    assert logger.filter(keep) and not logger.filter(drop)
