@@ -63,8 +63,8 @@ class Budget:
     max_new_tokens: int = 48
     sweep: bool = True
     max_examples: int | None = None  # training pairs used (None: all)
-    # How a prompt split is cut to val_prompts/test_prompts: a seeded random sample across its kinds (the
-    # split files list all fact prompts before all arithmetic ones, so "the first N" would be facts only).
+    # How a prompt split is cut to val_prompts/test_prompts: `random`, a seeded sample across its kinds, or
+    # `first` N rows (the split files list all fact prompts before the arithmetic ones: facts only).
     prompt_sample: str = "random"
 
 
@@ -194,10 +194,15 @@ def _metrics(report: dict[str, Any], baseline: dict[str, Any] | None) -> dict[st
     return out
 
 
-def sample_prompts(rows: list[dict], n: int | None, seed: int) -> list[dict]:
-    """`n` rows drawn at random (seeded) from the whole split, in their file order; all when `n` is None."""
+def sample_prompts(rows: list[dict], n: int | None, seed: int, how: str = "random") -> list[dict]:
+    """`n` rows of a split in their file order: drawn at random (seeded) from the whole split, or the first
+    `n` with `how="first"`; all when `n` is None."""
+    if how not in ("random", "first"):
+        raise ValueError(f"prompt_sample={how!r}; choose random or first")
     if n is None or n >= len(rows):
         return rows
+    if how == "first":
+        return rows[:n]
     keep = set(random.Random(f"prompts-{seed}").sample(range(len(rows)), n))
     return [row for i, row in enumerate(rows) if i in keep]
 
@@ -227,8 +232,10 @@ def run_seed(seed: int, out: Path, budget: Budget, quick: bool) -> dict[str, Any
         if not quick and not all(g["ok"] for g in results["health"].values()):
             atomic_write_json(saved, results)
             return results
-        val = sample_prompts(load_prompts("toy:prompts", split="validation"), budget.val_prompts, seed)
-        test = sample_prompts(load_prompts("toy:prompts", split="test"), budget.test_prompts, seed)
+        val, test = (
+            sample_prompts(load_prompts("toy:prompts", split=split), n, seed, budget.prompt_sample)
+            for split, n in (("validation", budget.val_prompts), ("test", budget.test_prompts))
+        )
         baseline = None
         for row in ROWS:
             t0 = time.perf_counter()

@@ -73,29 +73,29 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """True for CUDA OOM and for the host allocator's failure on CPU."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text.lower() or "can't allocate memory" in text.lower()
-    )
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def _explain(exc: BaseException, s: Session | None, run: RunDir) -> BaseException:
     """A user-facing error for resource failures (OOM, disk), naming what to change; others unchanged."""
+    oom = is_out_of_memory(exc)
+    disk = isinstance(exc, OSError) and not isinstance(exc, RunWriteError) and exc.errno in WRITE_ERRNOS
+    if not (oom or disk):
+        return exc
     step = s.loop["step"] if s is not None else 0
     ckpt = run.latest_valid_checkpoint()
     kept = f"the last good checkpoint {ckpt.name} is kept" if ckpt else "no checkpoint was written yet"
-    if is_out_of_memory(exc):
+    if oom:
         where = f"at step {step + 1}" if s is not None else "while loading the models and data"
         return OutOfMemory(
             f"out of memory {where} ({type(exc).__name__}: {exc}); {kept}. To fit: {OOM_ADVICE}"
         )
-    if isinstance(exc, OSError) and not isinstance(exc, RunWriteError) and exc.errno in WRITE_ERRNOS:
-        return RunWriteError(
-            exc.errno,
-            f"could not write {exc.filename or run.path} at step {step} ({exc.strerror}); {kept}; "
-            "free disk space (or fix permissions) and continue with --resume",
-        )
-    return exc
+    return RunWriteError(
+        exc.errno,
+        f"could not write {exc.filename or run.path} at step {step} ({exc.strerror}); {kept}; "
+        "free disk space (or fix permissions) and continue with --resume",
+    )
 
 
 @dataclass

@@ -53,3 +53,4 @@ def test_prompt_samples_span_every_kind_and_are_seeded():
     assert [r["id"] for r in picked] == sorted(r["id"] for r in picked)
     assert picked == sample_prompts(rows, 150, seed=1) != sample_prompts(rows, 150, seed=2)
     assert sample_prompts(rows, None, seed=1) == rows
+    assert sample_prompts(rows, 5, seed=1, how="first") == rows[:5]

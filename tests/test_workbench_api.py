@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.workbench_kit import finished_run, free_port
+from tests.workbench_kit import finished_run, free_port, start_run_args
 
 API_NAMES = (
     "advantages",
@@ -95,23 +95,7 @@ def test_runs_through_the_api(client):
     progress, _curve, _table, status = client.predict("sft-done", api_name="/run_status")
     assert status["display"] == "completed" and status["metrics_rows"] == 2 and "completed" in progress
     assert "not running" in client.predict("sft-done", api_name="/cancel_run")
-    settings = [
-        "sft",
-        "../escape",
-        2,
-        0.001,
-        0,
-        0.1,
-        1.5,
-        1.0,
-        None,
-        "toy:student",
-        "toy:teacher",
-        "toy:teacher_ref",
-        "toy:preferences",
-        0,
-    ]
     with pytest.raises(AppError, match="not valid"):
-        client.predict(*settings, api_name="/start_run")
+        client.predict(*start_run_args("sft", "../escape", 2), api_name="/start_run")
     with pytest.raises(AppError, match="already exists"):
-        client.predict(*(["sft", "sft-done"] + settings[2:]), api_name="/start_run")
+        client.predict(*start_run_args("sft", "sft-done", 2), api_name="/start_run")

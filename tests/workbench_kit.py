@@ -29,3 +29,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_run_args(method: str, name: str, steps: int) -> list:
+    """The positional inputs of the `/start_run` API: method, name, steps, then the Align tab's defaults
+    (learning rate, LoRA rank, alpha, gamma, beta, DCKD run, toy models and data, all examples)."""
+    rest = [
+        0.001,
+        0,
+        0.1,
+        1.5,
+        1.0,
+        None,
+        "toy:student",
+        "toy:teacher",
+        "toy:teacher_ref",
+        "toy:preferences",
+        0,
+    ]
+    return [method, name, steps, *rest]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.workbench_load import percentile, run_load
-from tests.workbench_kit import free_port
+from tests.workbench_kit import free_port, start_run_args
 
 ARTIFACTS = Path("test-artifacts")
 
@@ -56,21 +56,6 @@ def test_ten_concurrent_clients_on_the_advantage_api(served):
     assert result["p50_s"] <= result["p95_s"] <= result["max_s"]
 
 
-SETTINGS = [
-    0.001,
-    0,
-    0.1,
-    1.5,
-    1.0,
-    None,
-    "toy:student",
-    "toy:teacher",
-    "toy:teacher_ref",
-    "toy:preferences",
-    0,
-]
-
-
 @pytest.mark.slow
 def test_two_users_starting_runs_at_once_get_one_run_and_one_clear_refusal(served):
     from gradio_client import Client
@@ -87,7 +72,7 @@ def test_two_users_starting_runs_at_once_get_one_run_and_one_clear_refusal(serve
         go.wait()
         try:
             outcomes[f"user{i}"] = clients[i].predict(
-                "sft", f"user{i}-run", 100000, *SETTINGS, api_name="/start_run"
+                *start_run_args("sft", f"user{i}-run", 100000), api_name="/start_run"
             )
         except AppError as exc:
             outcomes[f"user{i}"] = exc
