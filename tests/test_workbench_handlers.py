@@ -260,10 +260,14 @@ def test_start_status_refuse_restart_cancel(toy_home, tmp_path):
         status = wait_for(rows, 120, "two logged steps")
         assert status["display"] == "running" and status["alive"] and status["step"] >= 1
         assert status["eta_s"] is not None and status["metrics"][0]["step"] == 1
-        later = wait_for(
-            lambda: (s := h.run_status("long-run"))["step"] > status["step"] and s, 60, "progress"
-        )
-        assert len(later["metrics"]) > len(status["metrics"])
+        # status.json and metrics.jsonl are two files written one after the other, so one snapshot may
+        # hold a step in one and not yet in the other: wait until both have moved on
+        def moved_on():
+            s = h.run_status("long-run")
+            return s["step"] > status["step"] and len(s["metrics"]) > len(status["metrics"]) and s
+
+        later = wait_for(moved_on, 60, "progress in status.json and metrics.jsonl")
+        assert later["metrics"][-1]["step"] > status["metrics"][-1]["step"]
         # an app restart (a new manager) sees the same run, running, from disk
         again = make_handlers(toy_home, tmp_path)
         assert [(r["name"], r["display"]) for r in again.list_runs()] == [("long-run", "running")]
