@@ -210,8 +210,8 @@ def sample_prompts(rows: list[dict], n: int | None, seed: int, how: str = "rando
 def run_seed(seed: int, out: Path, budget: Budget, quick: bool) -> dict[str, Any]:
     """Builds the toy world of `seed` and scores every row on its test prompts; a world that fails the
     health gates is not used (its rows stay empty) unless `quick`. Finished seeds are kept in
-    `seed-N/result.json` and reused by a rerun with the same budget."""
-    from .toy.build import build, one_thread, toy_home
+    `seed-N/result.json` and reused by a rerun with the same budget on the same world (`world_key`)."""
+    from .toy.build import build, one_thread, toy_home, world_key
     from .toy.world import make_world
 
     seed_dir = out / f"seed-{seed}"
@@ -219,12 +219,14 @@ def run_seed(seed: int, out: Path, budget: Budget, quick: bool) -> dict[str, Any
     if saved.exists():
         result = json.loads(saved.read_text(encoding="utf-8"))
         gate_failed = not quick and not all(g["ok"] for g in result["health"].values())
-        if result.get("budget") == budget.__dict__ or gate_failed:  # a world's health has no budget
+        same_world = result.get("world_key") == world_key(seed, quick)
+        if same_world and (result.get("budget") == budget.__dict__ or gate_failed):  # health has no budget
             return result
     world = make_world(seed)
     with toy_home(seed_dir / "home"), one_thread():
         manifest = build(seed_dir / "home", seed=seed, quick=quick, progress=False)
         results: dict[str, Any] = {
+            "world_key": manifest["data_key"],
             "health": manifest["evaluation"]["health"],
             "rows": {},
             "budget": budget.__dict__,

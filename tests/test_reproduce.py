@@ -54,3 +54,32 @@ def test_prompt_samples_span_every_kind_and_are_seeded():
     assert picked == sample_prompts(rows, 150, seed=1) != sample_prompts(rows, 150, seed=2)
     assert sample_prompts(rows, None, seed=1) == rows
     assert sample_prompts(rows, 5, seed=1, how="first") == rows[:5]
+
+
+def test_saved_seeds_are_reused_only_for_the_same_world_and_budget(tmp_path, monkeypatch):
+    import adpa_core.toy.build as toy_build
+    from adpa_core.reproduce import Budget, run_seed
+
+    class Rebuilt(Exception):
+        pass
+
+    def build(*args, **kwargs):
+        raise Rebuilt
+
+    monkeypatch.setattr(toy_build, "build", build)
+    saved = tmp_path / "seed-3" / "result.json"
+    saved.parent.mkdir(parents=True)
+    healthy = {"teacher_fact_easy": {"value": 1.0, "min": 0.9, "ok": True}}
+    result = {"world_key": toy_build.world_key(3), "health": healthy, "rows": {}, "budget": Budget().__dict__}
+    saved.write_text(json.dumps(result))
+    assert run_seed(3, tmp_path, Budget(), quick=False) == result
+    with pytest.raises(Rebuilt):  # another budget: the rows are measured again
+        run_seed(3, tmp_path, Budget(steps=7), quick=False)
+    unhealthy = {**result, "health": {"teacher_fact_easy": {"value": 0.5, "min": 0.9, "ok": False}}}
+    saved.write_text(json.dumps(unhealthy))
+    assert run_seed(3, tmp_path, Budget(steps=7), quick=False) == unhealthy  # health has no budget
+    for key in ("an older world's key", None):  # generator code changed, or saved before keys existed
+        saved.write_text(json.dumps({**unhealthy, "world_key": key}))
+        with pytest.raises(Rebuilt):
+            run_seed(3, tmp_path, Budget(), quick=False)
+    assert toy_build.world_key(3) != toy_build.world_key(4) != toy_build.world_key(4, quick=True)

@@ -64,6 +64,12 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def world_key(seed: int, quick: bool = False) -> str:
+    """Names the data and models a build of (`seed`, mode) makes with this code; it changes with the code
+    that decides them, so results measured on an older world are never mistaken for this one's."""
+    return _key(seed, "quick" if quick else "full", _code_hash())
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Models this small run faster on one thread (more only adds synchronisation, and on a busy 2-core
@@ -186,7 +192,7 @@ def build(
         stages_old = old.get("stages", {}) if old.get("seed") == seed and old.get("mode") == mode else {}
         t0 = time.perf_counter()
         world = make_world(seed)
-        data_key = _key(seed, mode, _code_hash())
+        data_key = world_key(seed, quick)
         if old.get("data_key") != data_key or not (toy / "data" / "world.json").exists():
             write_datasets(world, toy / "data", seed, quick=quick)
             stages_old = {}

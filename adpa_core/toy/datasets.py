@@ -48,7 +48,7 @@ CONTRASTS = ("wrong", "rude", "ramble")
 class DataSizes:
     """How much data to write; `quick` builds ask about fewer people so that a small build still learns."""
 
-    n_people: int = 150
+    n_people: int = 100
     fact_share: float = 0.6
     step_weights: tuple[float, float, float] = (0.3, 0.4, 0.3)
     sft_train: int = 8000

@@ -3,11 +3,15 @@
 The world is a pure function of its seed (`make_world`). Prompts come in two kinds:
 
 - `fact`: "where does ada baker live ?" -> a city. A third of the people are *hard*: the SFT data gives
-  their right city only 40% of the time and one fixed wrong city (their `decoy`) otherwise.
+  their right city only 40% of the time and one fixed wrong city (their `decoy`) otherwise. 100 people,
+  few enough that the teacher memorises them within the build's budget (with 150 it did on some seeds
+  only). The student memorises them too: facts are knowledge both hold, and the hard ones are content the
+  SFT data gets wrong and the preference data puts right.
 - `arith`: "what is three plus four minus two ?" -> a number word. Operands one..five, one to three
   steps, every running value in zero..ten; the number of steps is the subset (`arith_1` .. `arith_3`).
   The SFT data always gets sums right, but at the build's training budget the student learns them far
-  less well than the teacher (facts it learns as fast). A wrong three-step answer forgets the last step.
+  less well than the teacher (facts it learns at least as fast). A wrong three-step answer forgets the
+  last step.
 
 Names are two words, so a model must combine both to recall a fact; answers never repeat the name.
 """
@@ -20,7 +24,7 @@ from functools import lru_cache
 
 from adpa_core.toy import lexicon as lx
 
-N_PEOPLE = 150
+N_PEOPLE = 100
 HARD_EVERY = 3  # every third person (in the seeded order) is hard, so any prefix keeps the ratio
 MAX_STEPS = 3
 OPERAND_MAX = 5
