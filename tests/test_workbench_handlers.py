@@ -260,6 +260,7 @@ def test_start_status_refuse_restart_cancel(toy_home, tmp_path):
         status = wait_for(rows, 120, "two logged steps")
         assert status["display"] == "running" and status["alive"] and status["step"] >= 1
         assert status["eta_s"] is not None and status["metrics"][0]["step"] == 1
+
         # status.json and metrics.jsonl are two files written one after the other, so one snapshot may
         # hold a step in one and not yet in the other: wait until both have moved on
         def moved_on():
