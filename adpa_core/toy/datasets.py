@@ -6,7 +6,10 @@
 - Preference rows `{"id", "prompt", "chosen", "rejected", "kind", "subset", "contrast", "chosen_flaws",
   "rejected_flaws"}`: the rejected response is the chosen one with one more flaw (`contrast`: wrong, rude or
   ramble, uniform), so chosen beats rejected under the reward by construction; chosen responses are
-  themselves sometimes flawed. Flaws list the whitespace-word positions that carry them.
+  themselves sometimes flawed. On hard facts the chosen writer mostly makes the SFT writer's slip (right in
+  43% of the pairs: always when the contrast is "wrong", 15% otherwise), so imitating the chosen replies
+  learns the decoy, and only the preference between the two replies says which city is right.
+  Flaws list the whitespace-word positions that carry them.
 - Prompt rows `{"id", "prompt", "kind", "subset"}`: held-out prompts for evaluation.
 
 Held-out prompts ask about the same people (facts must be learnable) with wordings that person never gets
@@ -40,6 +43,7 @@ SFT_FLAW_RATES = {"plain": (0.1, 0.1), "hey": (0.8, 0.1), "explain": (0.1, 0.8)}
 """Prompt style -> (rude rate, ramble rate) of the SFT completions."""
 HARD_FACT_RIGHT = 0.4  # SFT: a hard person's right city 40% of the time, their decoy otherwise
 CHOSEN_RIGHT = 0.85  # preference set: chosen answers are right this often (unless the contrast is "wrong")
+HARD_CHOSEN_RIGHT = 0.15  # ... but on hard facts only this often: the chosen writer shares the SFT slip
 CHOSEN_FLAW_RATE = 0.2  # ... and rude / rambling this often (each, never the contrast's own flaw)
 CONTRASTS = ("wrong", "rude", "ramble")
 
@@ -130,10 +134,11 @@ def sft_completion(rng: random.Random, prompt: Prompt) -> str:
 def preference_pair(rng: random.Random, prompt: Prompt) -> dict:
     """A realistic pair: chosen sometimes flawed; rejected = chosen plus one more flaw (the contrast)."""
     contrast = rng.choice(CONTRASTS)
+    right = HARD_CHOSEN_RIGHT if prompt.subset == "fact_hard" else CHOSEN_RIGHT
     chosen = make_draft(
         rng,
         prompt,
-        wrong=contrast != "wrong" and rng.random() >= CHOSEN_RIGHT,
+        wrong=contrast != "wrong" and rng.random() >= right,
         rude=contrast != "rude" and rng.random() < CHOSEN_FLAW_RATE,
         ramble=contrast != "ramble" and rng.random() < CHOSEN_FLAW_RATE,
     )
