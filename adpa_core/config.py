@@ -40,6 +40,15 @@ TEACHER_GROUPS = {
 }
 
 
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
+def is_local_file(source: str) -> bool:
+    """True when a data source is one local file (no splits), not a hub id or a `toy:` name."""
+    path = Path(source).expanduser()
+    return path.is_file() or path.suffix.lower() in DATA_FILE_SUFFIXES
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, out of range or contradicts another one."""
 
@@ -130,7 +139,11 @@ class DataConfig:
     train_split: str = "train"
     """Split name for hub datasets and toy data."""
     eval_split: str = "test"
-    """Split used for evaluation when `eval` is None."""
+    """Split used for evaluation when `eval` is None (hub datasets and `toy:` data have splits)."""
+    eval_holdout: float | None = None
+    """Fraction of the training rows held out for evaluation (a local file has no splits): a row is held
+    out when a seeded hash of its id falls below it, whatever the row order; held-out rows never train.
+    None: evaluate on `eval`, or on `eval_split` of a source that has splits."""
     max_length: int = 512
     """Maximum prompt + response tokens of one sequence."""
     max_prompt_length: int = 256
@@ -158,6 +171,16 @@ class DataConfig:
             f"data.max_examples={self.max_examples} must be a positive integer or null",
         )
         _choice("data.format", self.format, ("preference", "sft"))
+        if self.eval_holdout is not None:
+            _check(
+                0.0 < self.eval_holdout < 1.0,
+                f"data.eval_holdout={self.eval_holdout} must be a fraction in (0, 1), or null",
+            )
+            _check(
+                self.eval is None,
+                "data.eval_holdout and data.eval are both set: evaluate on the eval file or on a held-out "
+                "fraction of the training rows, not both",
+            )
         _choice("data.truncation", self.truncation, ("truncate", "drop"))
         _choice("data.padding_side", self.padding_side, ("right", "left"))
 
@@ -338,6 +361,14 @@ class RunConfig:
                 f"objective.method={method} needs the reference teacher: set model.teacher_ref, or "
                 "model.teacher_adapter (reference = base with the adapter off), or "
                 "objective.use_reference=false",
+            )
+        if self.train.eval_every and self.data.eval is None and self.data.eval_holdout is None:
+            _check(
+                not is_local_file(self.data.train),
+                f"train.eval_every={self.train.eval_every} needs held-out data, but data.train="
+                f"{self.data.train} is a local file (it has no {self.data.eval_split!r} split): set "
+                "data.eval to a held-out file, or data.eval_holdout (e.g. 0.05) to hold out a seeded "
+                "fraction of its rows, or train.eval_every=0",
             )
         if self.train.mixed_precision == "fp16" and self.model.dtype == "bfloat16":
             raise ConfigError(

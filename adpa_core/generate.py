@@ -128,10 +128,14 @@ def _setup(
     return stop, pad_id, _sampling_kwargs(greedy, temperature)
 
 
+def _is_token_ids(prompt: Any) -> bool:
+    return bool(prompt) and all(isinstance(t, int) for t in prompt)
+
+
 def generate(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[Messages],
+    prompts: Sequence[Messages | list[int]],
     *,
     max_new_tokens: int = 128,
     batch_size: int = 16,
@@ -141,7 +145,8 @@ def generate(
     seed: int | None = None,
     progress: bool = True,
 ) -> list[Generation]:
-    """Replies to chat prompts (lists of messages ending with a user turn), in the prompts' order.
+    """Replies to chat prompts (lists of messages ending with a user turn, or the prompt's token ids
+    already rendered with the chat template), in the prompts' order.
 
     Batches of `batch_size` left-padded prompts (longest first, to waste little padding); the model is put
     in eval mode and restored afterwards; works with peft models.
@@ -149,7 +154,7 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     stop, pad_id, sampling = _setup(tokenizer, eot_id, greedy, temperature, max_new_tokens)
-    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    encoded = [list(p) if _is_token_ids(p) else prompt_ids(tokenizer, p) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     results: list[Generation | None] = [None] * len(encoded)
     starts = range(0, len(order), batch_size)

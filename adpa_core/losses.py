@@ -267,10 +267,16 @@ def topk_forward_kl_loss(
 
 @torch.no_grad()
 def topk_token_advantages(
-    dpo_topk_logps: Tensor, ref_topk_logps: Tensor, beta: float = 1.0, clip: Sequence[float] | None = None
+    dpo_topk_logps: Tensor,
+    ref_topk_logps: Tensor | None,
+    beta: float = 1.0,
+    clip: Sequence[float] | None = None,
 ) -> Tensor:
-    """Advantages beta (log pi_dpo - log pi_ref) at the cached ids (B, T, K), clamped to `clip` if given."""
-    adv = beta * (_float(dpo_topk_logps) - _float(ref_topk_logps))  # (B, T, K)
+    """Advantages beta (log pi_dpo - log pi_ref) at the cached ids (B, T, K), clamped to `clip` if given;
+    `ref_topk_logps=None` is the no-reference ablation, beta log pi_dpo."""
+    adv = beta * _float(dpo_topk_logps)  # (B, T, K)
+    if ref_topk_logps is not None:
+        adv = adv - beta * _float(ref_topk_logps)
     return adv if clip is None else adv.clamp_(float(clip[0]), float(clip[1]))
 
 

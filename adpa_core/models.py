@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import re
@@ -377,14 +378,55 @@ def load_teacher_pair(
 
 
 def load_models(
-    cfg: ModelConfig, device: torch.device | str | None = None
+    cfg: ModelConfig,
+    device: torch.device | str | None = None,
+    *,
+    tokenizer: Any = None,
+    teachers: bool = True,
 ) -> tuple[Any, nn.Module, TeacherPair | None]:
-    """(tokenizer, student, teacher pair or None): everything a run needs, with all contracts checked."""
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.student, cfg.trust_remote_code)
+    """(tokenizer, student, teacher pair or None): everything a run needs, with all contracts checked.
+
+    `tokenizer`: the run's tokenizer when already loaded; `teachers=False` leaves the teachers on disk
+    (a run that reads a teacher cache).
+    """
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.tokenizer or cfg.student, cfg.trust_remote_code)
     student = load_student(cfg, device)
     check_model_and_tokenizer(cfg.student, student, tokenizer, "student", cfg.trust_remote_code)
-    pair = load_teacher_pair(cfg, device, tokenizer) if cfg.teacher is not None else None
+    pair = load_teacher_pair(cfg, device, tokenizer) if teachers and cfg.teacher is not None else None
     return tokenizer, student, pair
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def model_fingerprint(name: str | None) -> str | None:
+    """A cheap identity of a model's files, so that caches built from a model notice when it changes.
+
+    Local folders (also `toy:` / `smol:` names, run directories and adapters): a hash of the config files
+    and, per weight file, its name, size and first and last MiB (retraining into the same folder changes
+    it; no full hash of many GB). Hub ids and None are returned as they are.
+    """
+    if name is None:
+        return None
+    try:
+        path = Path(_resolve(name, "model", ("config.json", "adapter_config.json")))
+    except ModelLoadError:
+        return name
+    if not path.is_dir():
+        return name
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.name in ("config.json", "adapter_config.json"):
+            digest.update(file.name.encode() + file.read_bytes())
+        elif file.suffix in WEIGHT_SUFFIXES:
+            size = file.stat().st_size
+            with open(file, "rb") as f:
+                head = f.read(1 << 20)
+                f.seek(max(0, size - (1 << 20)))
+                tail = f.read()
+            digest.update(f"{file.name}:{size}".encode() + head + tail)
+    return f"{name}@{digest.hexdigest()[:16]}"
 
 
 # ---------------------------------------------------------------- tokenizer contract

@@ -115,12 +115,14 @@ def _adpa_per_token(
         topk = obj.k if obj.support == "topk" else None
         adv = L.token_advantages(t.dpo_logits, ref, beta=obj.beta, clip=obj.clip, topk=topk)  # (B, T, V)
         return L.adpa_per_token(student_logits, adv, labels)
-    if t.ref_topk_logps is None:
+    if obj.use_reference and t.ref_topk_logps is None:
         raise ValueError("the teacher cache holds no reference teacher log-probs; ADPA needs them")
     k = obj.k if obj.support == "topk" else t.topk_ids.shape[-1]
-    adv = L.topk_token_advantages(t.dpo_topk_logps[..., :k], t.ref_topk_logps[..., :k], obj.beta, obj.clip)
+    ref = t.ref_topk_logps[..., :k] if obj.use_reference else None
+    adv = L.topk_token_advantages(t.dpo_topk_logps[..., :k], ref, obj.beta, obj.clip)
     rest = None
-    if obj.support == "full":
+    # Without the reference only a complete cache (k = V, checked when it is opened) serves: no rest bin.
+    if obj.support == "full" and obj.use_reference:
         # The rest bin aggregates the tokens outside the cached ids (exact when k = V: no rest mass).
         both = (t.dpo_rest_logp > -torch.inf) & (t.ref_rest_logp > -torch.inf)
         rest = torch.where(both, obj.beta * (t.dpo_rest_logp - t.ref_rest_logp), 0.0)  # (B, T)

@@ -6,25 +6,45 @@ needs (`chosen`, `rejected`, `yhat`), ready for `data.collate`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from .config import RunConfig
-from .data import DataError, load_preferences, load_sft, pack_example, tokenize_preferences, tokenize_sft
+from .config import RunConfig, is_local_file
+from .data import DataError, pack_example, read_preferences, read_sft, tokenize_preferences, tokenize_sft
 from .data.tokenizing import Dropped
 from .generate import generate, read_generations_jsonl, write_generations_jsonl
+from .models import model_fingerprint
+from .runs import RunDir
 
 logger = logging.getLogger(__name__)
 
 
+def held_out(example_id: str, fraction: float, seed: int) -> bool:
+    """True when a row belongs to the seeded hold-out (`data.eval_holdout`): decided by a hash of its id,
+    so the same rows are held out whatever their order or how many rows there are."""
+    digest = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
 def load_rows(cfg: RunConfig, tokenizer: Any, split: str = "train") -> list[dict[str, Any]]:
-    """Validated, tokenized rows of the train split (or the eval split) of the configured data."""
+    """Validated, tokenized rows of the train split (or the eval split) of the configured data.
+
+    Eval rows come from `data.eval`, from `data.eval_split` of a source with splits, or from the seeded
+    hold-out `data.eval_holdout` of the training rows (which then leaves training); never the train rows.
+    """
     data = cfg.data
-    source = data.train if split == "train" or data.eval is None else data.eval
-    split_name = data.train_split if split == "train" else data.eval_split
+    holdout = data.eval_holdout
+    if split == "eval" and data.eval is None and holdout is None and is_local_file(data.train):
+        raise DataError(
+            f"data.train={data.train} is a local file with no eval split; set data.eval or data.eval_holdout"
+        )
+    source = data.eval if split == "eval" and data.eval is not None else data.train
+    split_name = data.eval_split if split == "eval" and holdout is None else data.train_split
     max_examples = data.max_examples if split == "train" else cfg.train.eval_examples
     if data.format == "sft":
         if cfg.objective.method != "sft":
@@ -32,19 +52,48 @@ def load_rows(cfg: RunConfig, tokenizer: Any, split: str = "train") -> list[dict
                 f"data.format=sft holds no rejected responses; objective.method={cfg.objective.method} "
                 "needs preference data (data.format=preference)"
             )
-        ds = load_sft(source, split=split_name, skip_bad_rows=data.skip_bad_rows, max_examples=max_examples)
-        rows = tokenize_sft(ds, tokenizer, data).to_list()
-        for row in rows:  # SFT responses play the chosen role
+        rows, _ = read_sft(source, split=split_name, skip_bad_rows=data.skip_bad_rows)
+    else:
+        rows, _ = read_preferences(source, split=split_name, skip_bad_rows=data.skip_bad_rows)
+    if holdout is not None:
+        keep = split == "eval"
+        rows = [r for r in rows if held_out(r["id"], holdout, cfg.train.seed) == keep]
+        if not rows:
+            raise DataError(
+                f"data.eval_holdout={holdout} leaves no {split} rows of {data.train}; change the fraction"
+            )
+    rows = rows[:max_examples] if max_examples is not None else rows
+    if data.format == "sft":
+        tokenized = tokenize_sft(rows, tokenizer, data).to_list()
+        for row in tokenized:  # SFT responses play the chosen role
             row["chosen_input_ids"], row["chosen_labels"] = row.pop("input_ids"), row.pop("labels")
-        return rows
-    ds = load_preferences(
-        source, split=split_name, skip_bad_rows=data.skip_bad_rows, max_examples=max_examples
-    )
-    prompts = {r["id"]: r["prompt"] for r in ds}
-    rows = tokenize_preferences(ds, tokenizer, data).to_list()
-    for row in rows:
+        return tokenized
+    prompts = {r["id"]: r["prompt"] for r in rows}
+    tokenized = tokenize_preferences(rows, tokenizer, data).to_list()
+    for row in tokenized:
         row["prompt"] = prompts[row["id"]]
-    return rows
+    return tokenized
+
+
+def yhat_path(run: RunDir, split: str) -> Path:
+    """Where a run keeps the student's replies y_hat for one split (train or eval)."""
+    return run.generations_dir / ("yhat.jsonl" if split == "train" else "yhat_eval.jsonl")
+
+
+def yhat_producer(cfg: RunConfig) -> dict[str, Any]:
+    """What decides the student's replies besides the prompt: the student's files, its loading and the
+    decoding settings. A cached reply is reused only when all of it (and its prompt tokens) match."""
+    return {
+        "student": model_fingerprint(cfg.model.student),
+        "student_quantization": cfg.model.student_quantization,
+        "dtype": cfg.model.dtype,
+        "decoding": {"greedy": True, "max_new_tokens": cfg.objective.max_new_tokens},
+    }
+
+
+def yhat_key(producer: dict[str, Any], prompt_ids: list[int]) -> str:
+    text = json.dumps([producer, list(map(int, prompt_ids))], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def attach_yhat(
@@ -57,16 +106,20 @@ def attach_yhat(
 ) -> list[dict[str, Any]]:
     """Adds `yhat_input_ids` / `yhat_labels`: the initial student's greedy reply to each prompt.
 
-    Generated once and cached as JSONL keyed by example id (`cache_path`); ids already there are reused.
+    The reply is generated from the same (possibly truncated) prompt tokens the row is trained on, once,
+    and cached as JSONL keyed by example id (`cache_path`) with the key of what produced it
+    (`yhat_producer` + the prompt tokens): a changed student, prompt or decoding setting regenerates.
     Rows whose reply cannot be packed (empty) are dropped with a count.
     """
+    producer = yhat_producer(cfg)
+    keys = {r["id"]: yhat_key(producer, r["prompt_input_ids"]) for r in rows}
     cached = read_generations_jsonl(cache_path) if cache_path.exists() else {}
-    missing = [r for r in rows if r["id"] not in cached]
+    missing = [r for r in rows if cached.get(r["id"], {}).get("key") != keys[r["id"]]]
     if missing:
         gens = generate(
             student,
             tokenizer,
-            [r["prompt"] for r in missing],
+            [r["prompt_input_ids"] for r in missing],
             max_new_tokens=cfg.objective.max_new_tokens,
             batch_size=batch_size,
             progress=True,
@@ -78,14 +131,16 @@ def attach_yhat(
                 "response": gen.text,
                 "stopped": gen.stopped,
                 "token_ids": gen.token_ids,
+                "key": keys[row["id"]],
             }
         ids = sorted(cached)
+        extra = [{k: cached[i].get(k) for k in ("stopped", "token_ids", "key")} for i in ids]
         write_generations_jsonl(
             cache_path,
             ids,
             [cached[i]["prompt"] for i in ids],
             [cached[i]["response"] for i in ids],
-            extra=[{"stopped": cached[i].get("stopped"), "token_ids": cached[i]["token_ids"]} for i in ids],
+            extra=[{**e, "producer": producer} for e in extra],
         )
     kept, dropped = [], 0
     for row in rows:

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .chunked import chunk_rows
-from .config import STUDENT_GROUPS, TEACHER_GROUPS, RunConfig
+from .config import ADVANTAGE_METHODS, STUDENT_GROUPS, TEACHER_GROUPS, ConfigError, RunConfig
 from .data import collate
 from .losses import IGNORE_INDEX, topk_rest_logp
-from .models import TeacherPair, load_models
-from .prepare import attach_yhat, load_rows
+from .models import TeacherPair, load_models, load_tokenizer, model_fingerprint
+from .prepare import attach_yhat, load_rows, yhat_path
 from .runs import RunDir, atomic_write_json
 
 CACHE_FORMAT = 1
@@ -111,14 +112,22 @@ class OnlineTeacher:
 
 
 def cache_identity(cfg: RunConfig, vocab_size: int) -> dict[str, Any]:
-    """What a teacher cache must have been built with to serve a run (checked on load)."""
+    """What a teacher cache must have been built with to serve a run (checked on load): the teachers'
+    names and file fingerprints (retrained weights in the same folder are a different teacher), how they
+    were loaded, and the vocabulary."""
     m = cfg.model
     return {
-        "teacher": m.teacher,
-        "teacher_ref": m.teacher_ref,
-        "teacher_adapter": m.teacher_adapter,
+        "teacher": model_fingerprint(m.teacher),
+        "teacher_ref": model_fingerprint(m.teacher_ref),
+        "teacher_adapter": model_fingerprint(m.teacher_adapter),
+        "teacher_quantization": m.teacher_quantization,
         "vocab_size": vocab_size,
     }
+
+
+def cache_splits(cfg: RunConfig) -> tuple[str, ...]:
+    """The splits a run reads from its teacher cache: train, and eval when it evaluates."""
+    return ("train", "eval") if cfg.train.eval_every else ("train",)
 
 
 def build_teacher_cache(
@@ -127,43 +136,42 @@ def build_teacher_cache(
     """`adpa cache-teacher`: the top-k cache of the teacher pair on every sequence the run's teacher sees.
 
     KD/DCKD: the chosen (and rejected) responses; ADPA: the student's own replies y_hat, generated first
-    (and kept in the run directory, where training reuses them).
+    (and kept in the run directory, where training reuses them). The train split, and the eval split when
+    the config evaluates (`train.eval_every`), so that cached training can evaluate too.
     """
     method = cfg.objective.method
     groups = TEACHER_GROUPS.get(method)
     if not groups:
         raise ValueError(f"objective.method={method} uses no teacher; nothing to cache")
-    out = Path(out or cfg.objective.teacher_cache or RunDir(cfg.run_dir).path / "teacher_cache")
-    tokenizer, student, pair = load_models(cfg.model)
+    run = RunDir(cfg.run_dir)
+    out = Path(out or cfg.objective.teacher_cache or run.path / "teacher_cache")
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.student, cfg.model.trust_remote_code)
     vocab = len(tokenizer)
-    k = min(cfg.objective.k, vocab)
-    rows = load_rows(cfg, tokenizer, "train")
+    splits = cache_splits(cfg)
+    rows = {split: load_rows(cfg, tokenizer, split) for split in splits}  # data errors before model loading
+    _, student, pair = load_models(cfg.model, tokenizer=tokenizer)
     if "yhat" in STUDENT_GROUPS[method]:
-        rows = attach_yhat(rows, cfg, student, tokenizer, RunDir(cfg.run_dir).generations_dir / "yhat.jsonl")
+        for split in splits:
+            rows[split] = attach_yhat(rows[split], cfg, student, tokenizer, yhat_path(run, split))
     del student
     device = next(pair.dpo.parameters()).device
     # Only ADPA needs the reference teacher's log-probs (at the DPO teacher's top-k ids).
     with_ref = method in ("adpa", "adpa_plus") and cfg.objective.use_reference and pair.has_reference
+    k = min(cfg.objective.k, vocab)
     writer = CacheWriter(out, k, vocab, logp_dtype)
     bs = batch_size or cfg.train.batch_size
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     try:
-        for group in groups:
-            for start in tqdm(range(0, len(rows), bs), desc=f"caching teacher ({group})"):
-                part = rows[start : start + bs]
-                batch = collate(part, (group,), tokenizer.pad_token_id, cfg.data.padding_side)
-                batch = {key: (v.to(device) if key != "ids" else v) for key, v in batch.items()}
-                for b, entry in enumerate(topk_entry(pair, batch, k, vocab, with_ref)):
-                    token_hash = sequence_hash(
-                        batch["input_ids"][b], batch["attention_mask"][b], batch["labels"][b]
-                    )
-                    writer.add(f"{group}/{batch['ids'][b]}", token_hash, entry)
+        for split in splits:
+            for group in groups:
+                for start in tqdm(range(0, len(rows[split]), bs), desc=f"caching teacher ({split}, {group})"):
+                    part = rows[split][start : start + bs]
+                    _cache_batch(writer, pair, part, group, tokenizer, cfg, k, vocab, with_ref, device)
         seconds = time.perf_counter() - t0
         meta = {
             **cache_identity(cfg, vocab),
             "groups": list(groups),
+            "splits": list(splits),
             "has_reference": with_ref,
             "data": cfg.data.train,
             "build_seconds": seconds,
@@ -174,6 +182,14 @@ def build_teacher_cache(
         raise
     meta["tokens_per_s"] = meta["tokens"] / max(seconds, 1e-9)
     return meta
+
+
+def _cache_batch(writer, pair, part, group, tokenizer, cfg, k, vocab, with_ref, device) -> None:
+    batch = collate(part, (group,), tokenizer.pad_token_id, cfg.data.padding_side)
+    batch = {key: (v.to(device) if key != "ids" else v) for key, v in batch.items()}
+    for b, entry in enumerate(topk_entry(pair, batch, k, vocab, with_ref)):
+        token_hash = sequence_hash(batch["input_ids"][b], batch["attention_mask"][b], batch["labels"][b])
+        writer.add(f"{group}/{batch['ids'][b]}", token_hash, entry)
 
 
 @torch.no_grad()
@@ -224,6 +240,14 @@ class CacheWriter:
         self.pending_tokens, self.shard, self.tokens, self.payload = 0, 0, 0, 0
 
     def add(self, key: str, token_hash: str, entry: dict[str, np.ndarray]) -> None:
+        """Adds one sequence under `<group>/<id>`. The same id with other tokens (e.g. an eval row that
+        reuses a train row's id) goes under `<group>/<id>#<token hash>`; the same tokens again are skipped."""
+        if key in self.index:
+            if self.index[key][3] == token_hash:
+                return
+            key = f"{key}#{token_hash}"
+            if key in self.index:
+                return
         n = len(entry["ids"])
         self.index[key] = [self.shard, self.pending_tokens, n, token_hash]
         self.pending.append(entry)
@@ -323,6 +347,45 @@ def _read_json(path: Path) -> Any:
         raise StaleCacheError(f"{path} is unreadable ({exc}); rebuild with `adpa cache-teacher`") from exc
 
 
+def open_teacher_cache(cfg: RunConfig, vocab_size: int) -> TeacherCache:
+    """The run's teacher cache, once it is known to serve this run exactly (else one clear error, before
+    any model is loaded): same teachers and vocabulary, the method's response groups, the eval split when
+    the run evaluates, at least `objective.k` ids, and the reference teacher's log-probs for ADPA."""
+    obj = cfg.objective
+    cache = TeacherCache(obj.teacher_cache, expect=cache_identity(cfg, vocab_size))
+    where, rebuild = cache.path, "rebuild it with `adpa cache-teacher` and this config"
+    missing = [g for g in TEACHER_GROUPS[obj.method] if g not in cache.meta.get("groups", [])]
+    if missing:
+        raise StaleCacheError(
+            f"{where} holds the teacher on the {'/'.join(cache.meta.get('groups', []))} responses but "
+            f"objective.method={obj.method} needs {'/'.join(missing)} too; {rebuild}"
+        )
+    if "eval" in cache_splits(cfg) and "eval" not in cache.meta.get("splits", ["train"]):
+        raise StaleCacheError(
+            f"{where} holds the train split only, and train.eval_every={cfg.train.eval_every} evaluates on "
+            f"held-out rows with the same cached teacher; {rebuild} (it then caches the eval split too), or "
+            "set train.eval_every=0"
+        )
+    complete = cache.k >= vocab_size
+    if obj.k > cache.k and not complete:
+        raise ConfigError(
+            f"objective.k={obj.k} but {where} holds the teacher's top-{cache.k} only; rebuild it with "
+            f"objective.k={obj.k}, or set objective.k<={cache.k}"
+        )
+    if obj.method in ADVANTAGE_METHODS:
+        if obj.use_reference and not cache.has_reference:
+            raise StaleCacheError(
+                f"{where} holds no reference teacher log-probs, which ADPA needs; {rebuild}"
+            )
+        if not obj.use_reference and not complete:
+            raise ConfigError(
+                "objective.use_reference=false (the no-reference ablation) needs the DPO teacher's log-prob "
+                f"of every token, and {where} holds its top-{cache.k} of {vocab_size} only; use "
+                "objective.teacher_source=online (or a cache built with objective.k >= the vocabulary size)"
+            )
+    return cache
+
+
 class TeacherCache:
     """A memory-mapped top-k teacher cache; `targets()` builds padded (B, T, K) tensors for a batch."""
 
@@ -401,8 +464,8 @@ class TeacherCache:
                 raise StaleCacheError(
                     f"{self.path} has no entry for example {example_id!r} ({group}); rebuild it"
                 )
-            shard, offset, n, token_hash = self.index[key]
             got = sequence_hash(batch["input_ids"][b], batch["attention_mask"][b], labels[b])
+            shard, offset, n, token_hash = self.index.get(f"{key}#{got}", self.index[key])
             if got != token_hash or n != int(counted[b].sum()):
                 raise StaleCacheError(
                     f"{self.path}: example {example_id!r} ({group}) was cached for different "

@@ -18,7 +18,7 @@ import traceback
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -30,13 +30,13 @@ from torch import nn
 from . import objectives as O
 from .checkpoint import load_state, rng_state, save_state
 from .chunked import chunk_rows, sequence_logps_chunked, supports_chunking
-from .config import ConfigError, RunConfig, save_config
+from .config import STUDENT_GROUPS, ConfigError, RunConfig, save_config
 from .data import collate
 from .losses import sequence_logps
-from .models import adapter_disabled, frozen_copy, load_models, save_student
-from .prepare import attach_yhat, load_rows
+from .models import adapter_disabled, frozen_copy, load_models, load_tokenizer, save_student
+from .prepare import attach_yhat, load_rows, yhat_path
 from .runs import RunDir
-from .teacher import OnlineTeacher, TeacherCache, cache_identity
+from .teacher import OnlineTeacher, open_teacher_cache
 
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.EFBIG)
 DATA_KEYS = ("input_ids", "attention_mask", "position_ids", "labels")
@@ -116,7 +116,7 @@ class Session:
 
     @property
     def groups(self) -> tuple[str, ...]:
-        return O.STUDENT_GROUPS[self.cfg.objective.method]
+        return STUDENT_GROUPS[self.cfg.objective.method]
 
 
 def lr_lambda(cfg: RunConfig):
@@ -151,12 +151,6 @@ def make_batch(
 ) -> dict[str, Any]:
     batch = collate(rows, groups or s.groups, s.tokenizer.pad_token_id, s.cfg.data.padding_side)
     return {k: (v.to(s.acc.device) if k in DATA_KEYS else v) for k, v in batch.items()}
-
-
-def _teacher_source(cfg: RunConfig, pair: Any, vocab_size: int) -> OnlineTeacher | TeacherCache | None:
-    if cfg.objective.teacher_source == "cache":
-        return TeacherCache(cfg.objective.teacher_cache, expect=cache_identity(cfg, vocab_size))
-    return OnlineTeacher(pair, vocab_size) if pair is not None else None
 
 
 def _chunk_size(cfg: RunConfig, student: nn.Module, pair: Any, vocab_size: int) -> int | None:
@@ -194,23 +188,26 @@ def _reference_fn(cfg: RunConfig, student: nn.Module, vocab_size: int, chunk: in
 
 
 def setup(cfg: RunConfig, run: RunDir, acc: Accelerator) -> Session:
-    torch.manual_seed(cfg.train.seed)
-    model_cfg = cfg.model if cfg.objective.teacher_source == "online" else replace(cfg.model, teacher=None)
-    tokenizer, student, pair = load_models(model_cfg, device=acc.device)
-    if cfg.train.gradient_checkpointing:
-        student.gradient_checkpointing_enable()
-        if cfg.model.lora:
-            student.enable_input_require_grads()
+    """Loads what a run needs. Cheap checks come first: the data is validated and tokenized and a teacher
+    cache is checked before any model is loaded (a 7B teacher takes minutes to load)."""
+    m = cfg.model
+    tokenizer = load_tokenizer(m.tokenizer or m.student, m.trust_remote_code)
     vocab = len(tokenizer)
     rows = load_rows(cfg, tokenizer, "train")
     eval_rows = load_rows(cfg, tokenizer, "eval") if cfg.train.eval_every else []
-    if "yhat" in O.STUDENT_GROUPS[cfg.objective.method]:
+    online = cfg.objective.teacher_source == "online"
+    cache = None if online else open_teacher_cache(cfg, vocab)
+    torch.manual_seed(cfg.train.seed)
+    _, student, pair = load_models(m, device=acc.device, tokenizer=tokenizer, teachers=online)
+    if cfg.train.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+        if m.lora:
+            student.enable_input_require_grads()
+    if "yhat" in STUDENT_GROUPS[cfg.objective.method]:
         with acc.main_process_first():
-            rows = attach_yhat(rows, cfg, student, tokenizer, run.generations_dir / "yhat.jsonl")
+            rows = attach_yhat(rows, cfg, student, tokenizer, yhat_path(run, "train"))
             if eval_rows:
-                eval_rows = attach_yhat(
-                    eval_rows, cfg, student, tokenizer, run.generations_dir / "yhat_eval.jsonl"
-                )
+                eval_rows = attach_yhat(eval_rows, cfg, student, tokenizer, yhat_path(run, "eval"))
     chunk = _chunk_size(cfg, student, pair, vocab)
     reference = _reference_fn(cfg, student, vocab, chunk)
     params = [p for p in student.parameters() if p.requires_grad]
@@ -218,9 +215,8 @@ def setup(cfg: RunConfig, run: RunDir, acc: Accelerator) -> Session:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     prepared, optimizer = acc.prepare(student, optimizer)
     head = student.get_output_embeddings() if chunk else None
-    ctx = O.StepContext(
-        prepared, cfg.objective, vocab, _teacher_source(cfg, pair, vocab), reference, chunk, head
-    )
+    teacher = cache if cache is not None else OnlineTeacher(pair, vocab) if pair is not None else None
+    ctx = O.StepContext(prepared, cfg.objective, vocab, teacher, reference, chunk, head)
     return Session(cfg, run, acc, tokenizer, student, ctx, rows, eval_rows, optimizer, scheduler)
 
 

@@ -14,9 +14,8 @@ from typing import Any
 
 import datasets
 
+from adpa_core.config import DATA_FILE_SUFFIXES as FILE_SUFFIXES
 from adpa_core.paths import TOY_PREFIX, toy_dir
-
-FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 class DataError(ValueError):
