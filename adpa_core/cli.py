@@ -128,11 +128,11 @@ def _args_generate(p: argparse.ArgumentParser) -> None:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .data import load_prompts
-    from .generate import generate, write_generations_jsonl
+    from .generate import decoding_settings, generate, write_generations_jsonl
     from .models import load_inference_model
 
+    rows = load_prompts(args.data, split=args.split, max_examples=args.limit)  # data errors before loading
     model, tokenizer = load_inference_model(args.model)
-    rows = load_prompts(args.data, split=args.split, max_examples=args.limit)
     gens = generate(
         model,
         tokenizer,
@@ -140,9 +140,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
     )
-    write_generations_jsonl(args.out, [r["id"] for r in rows], [r["prompt"] for r in rows], gens)
+    decoding = decoding_settings(max_new_tokens=args.max_new_tokens, tokenizer=tokenizer)  # greedy, as above
+    ids, prompts = [r["id"] for r in rows], [r["prompt"] for r in rows]
+    write_generations_jsonl(args.out, ids, prompts, gens, extra={"decoding": decoding})
     stopped = sum(g.stopped for g in gens)
-    print(json.dumps({"out": args.out, "prompts": len(rows), "stopped": stopped}))
+    print(json.dumps({"out": args.out, "prompts": len(rows), "stopped": stopped, "decoding": decoding}))
     return 0
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import RunConfig
 from .data import load_prompts
-from .generate import Generation
+from .generate import Generation, decoding_settings
 from .models import load_inference_model
 from .paths import TOY_PREFIX
 from .rewards import Reward, RewardModel, load_reward, prompt_text, python_reward, reward_model, toy_reward
@@ -278,6 +278,7 @@ def evaluate_run(
             "max_new_tokens": max_new_tokens,
             "batch_size": batch_size,
             "greedy": greedy,
+            "decoding": decoding_settings(greedy, max_new_tokens=max_new_tokens),
             "limit": limit,
             "seed": seed,
             "n_boot": n_boot,
