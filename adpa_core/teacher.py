@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chunked import chunk_rows
+from .chunked import OutputLayer, chunk_rows, output_transform
 from .config import ADVANTAGE_METHODS, STUDENT_GROUPS, TEACHER_GROUPS, ConfigError, RunConfig
 from .data import collate
 from .losses import IGNORE_INDEX, topk_rest_logp
@@ -93,9 +93,12 @@ class OnlineTeacher:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         dpo = self.pair.final_hidden("dpo", **inputs)[mask]  # (N, H)
         ref = self.pair.final_hidden("ref", **inputs)[mask] if need_ref else None  # (N, H)
-        heads = {
-            "dpo": self.pair.output_layer("dpo"),
-            "ref": self.pair.output_layer("ref") if need_ref else None,
+        ref_model = self.pair.ref if self.pair.ref is not None else self.pair.dpo  # same base when shared
+        heads = {  # with each model's own logit transform (Gemma 2 soft-capping, Granite / Cohere scaling)
+            "dpo": OutputLayer(self.pair.output_layer("dpo"), output_transform(self.pair.dpo)),
+            "ref": OutputLayer(self.pair.output_layer("ref"), output_transform(ref_model))
+            if need_ref
+            else None,
         }
         vocab = self.vocab_size
 
