@@ -127,7 +127,7 @@ def _args_generate(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .data import load_prompts
+    from .data import chat_template_id, load_prompts
     from .generate import decoding_settings, generate, write_generations_jsonl
     from .models import load_inference_model
 
@@ -142,9 +142,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     )
     decoding = decoding_settings(max_new_tokens=args.max_new_tokens, tokenizer=tokenizer)  # greedy, as above
     ids, prompts = [r["id"] for r in rows], [r["prompt"] for r in rows]
-    write_generations_jsonl(args.out, ids, prompts, gens, extra={"decoding": decoding})
+    settings = {"decoding": decoding, "chat_template": chat_template_id(tokenizer)}
+    write_generations_jsonl(args.out, ids, prompts, gens, extra=settings)
     stopped = sum(g.stopped for g in gens)
-    print(json.dumps({"out": args.out, "prompts": len(rows), "stopped": stopped, "decoding": decoding}))
+    print(json.dumps({"out": args.out, "prompts": len(rows), "stopped": stopped, **settings}))
     return 0
 
 

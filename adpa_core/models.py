@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from .config import ModelConfig
+from .data.templates import set_chat_template
 from .paths import resolve_model_path
 
 # Llama-style decoders (also Qwen2/3, Mistral, Gemma, SmolLM2, Danube): attention + MLP projections.
@@ -109,14 +110,25 @@ def _load_problem(exc: Exception, path: str, what: str) -> str:
     return f"could not load the {what} from {path!r} (not a local folder? offline?): {text}"
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
-    """Loads a tokenizer (`toy:` names, local folders, hub ids); sets a pad token when it has none."""
+def load_tokenizer(
+    name_or_path: str, trust_remote_code: bool = False, chat_template: str | None = None
+) -> Any:
+    """Loads a tokenizer (`toy:` names, local folders, hub ids); sets a pad token when it has none.
+
+    `chat_template`: `model.chat_template` (None: the tokenizer's own, the plain one when it has none).
+    """
     path = _resolve(name_or_path, "tokenizer", TOKENIZER_FILES)
     tok = _load(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         # Padding positions are masked (attention mask, labels -100), so reusing EOS as pad is harmless.
         tok.pad_token = tok.eos_token
+    set_chat_template(tok, chat_template)
     return tok
+
+
+def load_run_tokenizer(cfg: ModelConfig) -> Any:
+    """The tokenizer of a run: `model.tokenizer` (default: the student's), with `model.chat_template`."""
+    return load_tokenizer(cfg.tokenizer or cfg.student, cfg.trust_remote_code, cfg.chat_template)
 
 
 def _device_map(device: torch.device) -> dict[str, str]:
@@ -365,7 +377,7 @@ def load_teacher_pair(
     if cfg.teacher is None:
         raise ValueError("model.teacher is not set")
     if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.tokenizer or cfg.student, cfg.trust_remote_code)
+        tokenizer = load_run_tokenizer(cfg)
     dpo = load_teacher(cfg.teacher, cfg, device, adapter=cfg.teacher_adapter)
     check_model_and_tokenizer(cfg.teacher, dpo, tokenizer, "teacher", cfg.trust_remote_code)
     if cfg.teacher_adapter is not None:
@@ -390,7 +402,7 @@ def load_models(
     (a run that reads a teacher cache).
     """
     if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.tokenizer or cfg.student, cfg.trust_remote_code)
+        tokenizer = load_run_tokenizer(cfg)
     student = load_student(cfg, device)
     check_model_and_tokenizer(cfg.student, student, tokenizer, "student", cfg.trust_remote_code)
     pair = load_teacher_pair(cfg, device, tokenizer) if teachers and cfg.teacher is not None else None

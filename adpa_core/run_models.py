@@ -19,7 +19,7 @@ from .checkpoint import load_trainable_state
 from .config import RunConfig, load_config
 from .data import DataError
 from .generate import Generation, decoding_settings, generate, read_generations_jsonl, write_generations_jsonl
-from .models import ModelLoadError, load_inference_model, load_student, load_tokenizer
+from .models import ModelLoadError, load_inference_model, load_run_tokenizer, load_student
 from .paths import resolve_model_path
 from .runs import RunDir
 from .stats import EvalError
@@ -71,7 +71,7 @@ def initial_student(run: RunDir, cfg: RunConfig, device: str | None = None) -> t
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model = load_student(cfg.model, device)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.student, cfg.model.trust_remote_code)
+    tokenizer = load_run_tokenizer(cfg.model)
     return model.eval(), tokenizer
 
 

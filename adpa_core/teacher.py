@@ -31,7 +31,7 @@ from .chunked import OutputLayer, chunk_rows, output_transform
 from .config import ADVANTAGE_METHODS, STUDENT_GROUPS, TEACHER_GROUPS, ConfigError, RunConfig
 from .data import collate
 from .losses import IGNORE_INDEX, topk_rest_logp
-from .models import TeacherPair, load_models, load_tokenizer, model_fingerprint
+from .models import TeacherPair, load_models, load_run_tokenizer, model_fingerprint
 from .prepare import attach_yhat, load_rows, yhat_path
 from .runs import RunDir, atomic_write_json
 
@@ -148,7 +148,7 @@ def build_teacher_cache(
         raise ValueError(f"objective.method={method} uses no teacher; nothing to cache")
     run = RunDir(cfg.run_dir)
     out = Path(out or cfg.objective.teacher_cache or run.path / "teacher_cache")
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.student, cfg.model.trust_remote_code)
+    tokenizer = load_run_tokenizer(cfg.model)
     vocab = len(tokenizer)
     splits = cache_splits(cfg)
     rows = {split: load_rows(cfg, tokenizer, split) for split in splits}  # data errors before model loading

@@ -32,9 +32,9 @@ from . import objectives as O
 from .checkpoint import load_state, rng_state, save_state
 from .chunked import chunk_rows, chunking_problem, output_layer, sequence_logps_chunked
 from .config import STUDENT_GROUPS, ConfigError, RunConfig, save_config
-from .data import collate
+from .data import chat_template_id, collate
 from .losses import sequence_logps
-from .models import adapter_disabled, frozen_copy, load_models, load_tokenizer, save_student
+from .models import adapter_disabled, frozen_copy, load_models, load_run_tokenizer, save_student
 from .prepare import attach_yhat, load_rows, yhat_path
 from .runs import RunDir
 from .teacher import OnlineTeacher, open_teacher_cache
@@ -196,7 +196,9 @@ def setup(cfg: RunConfig, run: RunDir, acc: Accelerator) -> Session:
     """Loads what a run needs. Cheap checks come first: the data is validated and tokenized and a teacher
     cache is checked before any model is loaded (a 7B teacher takes minutes to load)."""
     m = cfg.model
-    tokenizer = load_tokenizer(m.tokenizer or m.student, m.trust_remote_code)
+    tokenizer = load_run_tokenizer(m)
+    if acc.is_main_process:  # the template the run renders with (`plain` for a base model without one)
+        run.set_status("running", chat_template=chat_template_id(tokenizer))
     vocab = len(tokenizer)
     rows = load_rows(cfg, tokenizer, "train")
     eval_rows = load_rows(cfg, tokenizer, "eval") if cfg.train.eval_every else []
