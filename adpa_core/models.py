@@ -194,6 +194,12 @@ def _adapter_base(path: str) -> str | None:
     return base
 
 
+def adapter_base(name: str) -> str | None:
+    """The base model of a LoRA adapter given as a folder or a run directory (its final/); None for a
+    model with full weights."""
+    return _adapter_base(_resolve(name, "model", ("config.json", "adapter_config.json")))
+
+
 def load_inference_model(
     name: str, device: torch.device | str | None = None, dtype: str = "auto"
 ) -> tuple[nn.Module, Any]:
