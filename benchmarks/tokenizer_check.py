@@ -12,15 +12,18 @@ one thread, so its CPU time is its wall time on an idle core; on a shared machin
 the time spent waiting for a core (the load average is recorded), so the target is read on the CPU time.
 
     python -m benchmarks.tokenizer_check [--quick]
+    python -m benchmarks.tokenizer_check --render benchmarks/recorded/tokenizer_check.json   # its markdown
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -121,11 +124,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per case (default 5)")
     p.add_argument("--no-baseline", action="store_true", help="skip the per-token baseline (~10 s)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--render", metavar="JSON", help="print the markdown of a saved result and exit")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
+    if args.render:
+        payload = json.loads(Path(args.render).read_text(encoding="utf-8"))
+        print(render(payload), flush=True)
+        return payload
     C.set_threads(args.threads)
     vocab = args.vocab or (8192 if args.quick else 262144)
     print(f"{NAME}: V = {vocab}, {args.added} added special tokens", flush=True)
