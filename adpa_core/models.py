@@ -357,9 +357,11 @@ class TeacherPair:
             return decoder(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
 
     def output_layer(self, which: str = "dpo") -> nn.Module:
-        """The lm_head of `dpo` or `ref`: maps final hidden states (B, T, H) to logits (B, T, V).
+        """The lm_head of `dpo` or `ref`: projects final hidden states (B, T, H) to (B, T, V).
 
-        Feed it `outputs.hidden_states[-1]` (already normed) of the same teacher's forward.
+        Feed it `outputs.hidden_states[-1]` (already normed) of the same teacher's forward. A model with an
+        output transform (Gemma 2 soft-capping...) applies it after this layer: `chunked.OutputLayer` pairs
+        the two.
         """
         if which not in ("dpo", "ref"):
             raise ValueError(f"which={which!r}: choose 'dpo' or 'ref'")
