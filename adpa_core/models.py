@@ -472,8 +472,9 @@ def check_tokenizer_contract(
 
     Compares the id -> token maps on ids < len(tokenizer), bos/eos/unk and the added special tokens. The
     pad token is not compared: only the student's tokenizer pads, and padded positions are masked.
-    Linear in the vocabulary, with one `len()` per tokenizer (`len()` of a tokenizer with many added tokens
-    is not a constant-time attribute): well under a second at V = 262,144 (benchmarks/tokenizer_check.py).
+    Linear in the vocabulary, with one `len()` per tokenizer (`len()` is a call into the tokenizer's backend,
+    not a stored number: once per token it cost seconds at V = 262,144); under a second there
+    (benchmarks/tokenizer_check.py).
     """
     a, b = names
     sizes = [len(reference_tok), len(other_tok)]

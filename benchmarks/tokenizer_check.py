@@ -1,11 +1,13 @@
 """The tokenizer contract check (`adpa_core.models.check_tokenizer_contract`) at a Gemma-3-sized vocabulary.
 
 Two identical fast tokenizers of V = 262,144 tokens, of which a few hundred are added special tokens (the
-layout of Gemma 3 / Llama 3 / Qwen tokenizers, whose `len()` recounts the added tokens), built in memory
+layout of Gemma 3 / Llama 3 / Qwen tokenizers; `len()` of such a tokenizer is a call into its backend, tens
+of microseconds, not a stored number), built in memory
 (word-level; the check only reads the id -> token map and the special tokens). Timed: the check on the
 identical pair (the case of every run), and on a pair that differs at the last id (the error path: one
 more scan). For comparison, the check as it was before it became linear (one `len()` call per vocabulary
-entry), kept here verbatim as `per_token_check`. Target: the identical pair in under 1 s.
+entry), its id -> token comparison kept here as `per_token_check` (the part that grew with V; the
+special-token checks after it are cheap). Target: the identical pair in under 1 s.
 
 Time is measured twice: wall clock, and the CPU time of this (single-threaded) process. The check runs on
 one thread, so its CPU time is its wall time on an idle core; on a shared machine the wall clock also counts
