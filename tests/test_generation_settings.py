@@ -76,6 +76,7 @@ def smol_leaky(smol_path, tmp_path_factory):
     return path, model, AutoTokenizer.from_pretrained(path)
 
 
+@pytest.mark.slow
 def test_greedy_on_smollm2_is_the_argmax_loop_whatever_its_generation_config(smol_leaky):
     _, model, tok = smol_leaky
     expected = [argmax_reply(model, tok, p, NEW) for p in PROMPTS]
