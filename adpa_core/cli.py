@@ -127,12 +127,12 @@ def _args_generate(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .data import load_prompts
-    from .generate import generate, write_generations_jsonl
+    from .data import chat_template_id, load_prompts
+    from .generate import decoding_settings, generate, write_generations_jsonl
     from .models import load_inference_model
 
+    rows = load_prompts(args.data, split=args.split, max_examples=args.limit)  # data errors before loading
     model, tokenizer = load_inference_model(args.model)
-    rows = load_prompts(args.data, split=args.split, max_examples=args.limit)
     gens = generate(
         model,
         tokenizer,
@@ -140,9 +140,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
     )
-    write_generations_jsonl(args.out, [r["id"] for r in rows], [r["prompt"] for r in rows], gens)
+    decoding = decoding_settings(max_new_tokens=args.max_new_tokens, tokenizer=tokenizer)  # greedy, as above
+    ids, prompts = [r["id"] for r in rows], [r["prompt"] for r in rows]
+    settings = {"decoding": decoding, "chat_template": chat_template_id(tokenizer)}
+    write_generations_jsonl(args.out, ids, prompts, gens, extra=settings)
     stopped = sum(g.stopped for g in gens)
-    print(json.dumps({"out": args.out, "prompts": len(rows), "stopped": stopped}))
+    print(json.dumps({"out": args.out, "prompts": len(rows), "stopped": stopped, **settings}))
     return 0
 
 
@@ -161,10 +164,17 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 
 def _args_advantages(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="the DPO teacher (with --teacher-adapter: its base)")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        help="the DPO teacher: a model, a run directory or a run name (a run whose final/ is a LoRA adapter "
+        "is loaded on its base, and the reference is that base with the adapter off); with "
+        "--teacher-adapter: the adapter's base",
+    )
     p.add_argument("--teacher-ref", help="the reference (SFT) teacher; without it A = beta * log pi_dpo")
     p.add_argument("--teacher-adapter", help="LoRA adapter holding the DPO teacher on --teacher")
-    p.add_argument("--student", help="a student: adds its log-probs and expected advantage")
+    p.add_argument("--student", help="a student (model, run directory or run name): adds its log-probs")
+    p.add_argument("--runs-dir", default="runs", help="where run names are looked up (default: runs)")
     p.add_argument("--prompt", required=True, help="the user message")
     p.add_argument("--response", required=True, help="the assistant reply to score")
     p.add_argument("--beta", type=_positive(float), default=1.0, help="advantage scale (default 1.0)")
@@ -179,6 +189,33 @@ def _args_advantages(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
+def _model_or_run(name: str | None, runs_dir: str) -> str | None:
+    """A run name (a folder of `runs_dir`, as the workbench accepts) -> that run directory; else `name`."""
+    if name and "/" not in name and not name.startswith("toy:") and (Path(runs_dir) / name).is_dir():
+        return str(Path(runs_dir) / name)
+    return name
+
+
+def _teacher_layout(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    """(teacher, teacher_ref, teacher_adapter): a DPO teacher that is a LoRA adapter (a folder, or a run
+    whose final/ holds one) sits on its base, whose adapter-off self is the reference teacher."""
+    from .config import ConfigError
+    from .models import adapter_base
+
+    teacher, ref, adapter = (
+        _model_or_run(n, args.runs_dir) for n in (args.teacher, args.teacher_ref, args.teacher_adapter)
+    )
+    base = adapter_base(teacher) if adapter is None else None
+    if base is None:
+        return teacher, ref, adapter
+    if ref is not None:
+        raise ConfigError(
+            f"--teacher {args.teacher} is a LoRA adapter on {base}: its reference teacher is that base with "
+            "the adapter off; leave out --teacher-ref"
+        )
+    return base, None, teacher
+
+
 def _cmd_advantages(args: argparse.Namespace) -> int:
     from .advantage import check_response, prompt_messages, report_table, response_advantages
     from .config import ModelConfig
@@ -186,20 +223,22 @@ def _cmd_advantages(args: argparse.Namespace) -> int:
 
     prompt = prompt_messages(args.prompt)  # input errors before the (slow) model loading
     check_response(args.response)
+    teacher, teacher_ref, teacher_adapter = _teacher_layout(args)
+    student_name = _model_or_run(args.student, args.runs_dir)
     cfg = ModelConfig(
-        student=args.student or args.teacher,
-        teacher=args.teacher,
-        teacher_ref=args.teacher_ref,
-        teacher_adapter=args.teacher_adapter,
+        student=student_name or teacher,
+        teacher=teacher,
+        teacher_ref=teacher_ref,
+        teacher_adapter=teacher_adapter,
         teacher_quantization=args.quantization,
         device=args.device,
     )
     device = pick_device(cfg.device)
     student = None
-    if args.student:
-        student, tokenizer = load_inference_model(args.student, device)
+    if student_name:
+        student, tokenizer = load_inference_model(student_name, device)
     else:
-        tokenizer = load_tokenizer(args.teacher)
+        tokenizer = load_tokenizer(teacher)
     pair = load_teacher_pair(cfg, device, tokenizer)
     report = response_advantages(
         pair,

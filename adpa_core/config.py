@@ -75,6 +75,11 @@ class ModelConfig:
     same base with the adapter switched off, so one base sits in memory. Leave `teacher_ref` unset."""
     tokenizer: str | None = None
     """Tokenizer to use; defaults to the student's. All models must share its vocabulary."""
+    chat_template: str | None = None
+    """How conversations become text: null = the tokenizer's own chat template, or, for a tokenizer without
+    one (a base model), the plain template (`User: ...` / `Assistant: ...`, end of turn = eos; a warning
+    says so); `plain` = always the plain template; or a path to a Jinja template file. The template is
+    saved with the trained student's tokenizer."""
     lora: bool = False
     """Train a LoRA adapter on the student instead of all its weights."""
     lora_r: int = 16
@@ -100,6 +105,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.student), "model.student is empty; give a hub id, a local folder or toy:student")
+        _check(
+            self.chat_template is None or bool(str(self.chat_template).strip()),
+            "model.chat_template is empty; use null (the tokenizer's own), plain, or a Jinja file path",
+        )
         _choice("model.teacher_quantization", self.teacher_quantization, ("none", "4bit", "8bit"))
         _choice("model.student_quantization", self.student_quantization, ("none", "4bit", "8bit"))
         _check(

@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import RunConfig
 from .data import load_prompts
-from .generate import Generation
+from .generate import Generation, decoding_settings
 from .models import load_inference_model
 from .paths import TOY_PREFIX
 from .rewards import Reward, RewardModel, load_reward, prompt_text, python_reward, reward_model, toy_reward
@@ -164,6 +164,14 @@ def eval_inputs(cfg: RunConfig, data: str | None, reward: Any) -> tuple[str, Any
     )
 
 
+def check_prompts(reward: Any, rows: list[Row]) -> None:
+    """Raises EvalError when `reward` cannot score the prompts of `rows` (e.g. the toy reward on real
+    prompts)."""
+    check = getattr(reward, "check_prompts", None)
+    if check is not None:
+        check([r["prompt"] for r in rows])
+
+
 def load_eval_prompts(data: str, split: str, limit: int | None = None) -> list[Row]:
     """{"id", "prompt"} rows of a prompt, preference or SFT source (the first `limit` of them)."""
     if limit is not None and limit < 1:
@@ -249,6 +257,7 @@ def evaluate_run(
     data, reward = eval_inputs(cfg, data, reward)
     reward = load_reward(reward, batch_size=batch_size, device=device)
     rows = load_eval_prompts(data, split, limit)
+    check_prompts(reward, rows)  # before the (slow) generation
     opts = dict(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
@@ -278,6 +287,7 @@ def evaluate_run(
             "max_new_tokens": max_new_tokens,
             "batch_size": batch_size,
             "greedy": greedy,
+            "decoding": decoding_settings(greedy, max_new_tokens=max_new_tokens),
             "limit": limit,
             "seed": seed,
             "n_boot": n_boot,

@@ -3,6 +3,12 @@
 Prompts are rendered with the chat template (`add_generation_prompt=True`, the same ids as training uses),
 left-padded, and generation stops at the template's end-of-turn token or eos. A reply's text excludes the
 stop token and whatever follows it. Greedy decoding (the default) is deterministic.
+
+Decoding uses exactly the settings of `decoding_settings` and nothing from the checkpoint's
+`generation_config.json` (a repetition penalty, `no_repeat_ngram_size`, sampling defaults, a minimum length,
+suppressed tokens...). transformers fills every setting a caller leaves unset from `model.generation_config`
+(`GenerationMixin._prepare_generation_config`: passed config > model's config > library defaults), so a
+complete config is passed and the model's own is blank for the duration of the call.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import queue
 import tempfile
 import threading
+import weakref
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +27,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from adpa_core.data import DataError, end_of_turn_id, pad_sequences, prompt_ids, read_jsonl_text, read_text
@@ -84,48 +91,84 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _sampling_kwargs(greedy: bool, temperature: float) -> dict[str, Any]:
-    if greedy:  # None overrides sampling defaults a checkpoint's generation_config may carry
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    if not temperature > 0:
+def decoding_settings(
+    greedy: bool = True,
+    temperature: float = 1.0,
+    max_new_tokens: int = 128,
+    *,
+    tokenizer: Any = None,
+    eot_id: int | None = None,
+) -> dict[str, Any]:
+    """The exact decoding settings of a `generate` / `stream_response` call, as a JSON-able dict.
+
+    Every key is a `transformers.GenerationConfig` field, and the config a call decodes with is built from
+    this dict alone (nothing comes from the checkpoint's generation_config.json; a setting not listed has the
+    library's neutral default: no suppressed, forced or banned tokens). Greedy: plain argmax, no penalty, no
+    n-gram block, no minimum length. Sampling: softmax at `temperature` over the whole vocabulary (no top-k /
+    top-p / typical / min-p cut). With `tokenizer`, also the stop ids (`eos_token_id`: end-of-turn, then eos
+    when it differs) and the pad id. Records and cache keys store this dict.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if not greedy and not temperature > 0:
         raise ValueError(f"temperature={temperature} must be > 0 when sampling")
-    return {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+    settings: dict[str, Any] = {
+        "do_sample": not greedy,
+        "num_beams": 1,
+        "max_new_tokens": int(max_new_tokens),
+        "min_new_tokens": 0,
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
+    }
+    if not greedy:  # sampling-only settings (transformers flags them as invalid for greedy decoding)
+        settings.update(temperature=float(temperature), top_k=0, top_p=1.0, typical_p=1.0, min_p=None)
+    if tokenizer is not None:
+        stop = _stop_ids(tokenizer, eot_id)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+        settings.update(eos_token_id=stop, pad_token_id=int(pad))
+    return settings
+
+
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _only_these_settings(model: Any) -> Iterator[None]:
+    """Blanks the generation_config of the model whose `generate` runs (a peft model's base) for one call, so
+    that transformers has no checkpoint setting to fill in; one call at a time per model (a chat in the
+    workbench may stream on another thread)."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(target, threading.Lock())
+    with lock:
+        own = target.generation_config
+        target.generation_config = GenerationConfig()
+        try:
+            yield
+        finally:
+            target.generation_config = own
 
 
 def _generate_ids(
     model: Any,
     prompts: Sequence[list[int]],
-    stop: list[int],
-    pad_id: int,
-    max_new_tokens: int,
-    sampling: dict[str, Any],
+    settings: dict[str, Any],
     **kwargs: Any,
 ) -> list[list[int]]:
-    """One left-padded `model.generate` call -> the new token ids of each prompt (padding included)."""
+    """One left-padded `model.generate` call with exactly `settings` -> the new token ids of each prompt
+    (padding included)."""
     device = _device(model)
-    input_ids = pad_sequences(prompts, pad_id, left=True).to(device)  # (b, P)
+    input_ids = pad_sequences(prompts, settings["pad_token_id"], left=True).to(device)  # (b, P)
     attention_mask = pad_sequences([[1] * len(p) for p in prompts], 0, left=True).to(device)  # (b, P)
-    out = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=stop,
-        pad_token_id=pad_id,
-        **sampling,
-        **kwargs,
-    )  # (b, P + new)
+    with _only_these_settings(model):
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=GenerationConfig(**settings),
+            **kwargs,
+        )  # (b, P + new)
     return out[:, input_ids.shape[1] :].tolist()
-
-
-def _setup(
-    tokenizer: Any, eot_id: int | None, greedy: bool, temperature: float, max_new_tokens: int
-) -> tuple[list[int], int, dict[str, Any]]:
-    """(stop ids, pad id, sampling kwargs), after checking the arguments."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-    stop = _stop_ids(tokenizer, eot_id)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
-    return stop, pad_id, _sampling_kwargs(greedy, temperature)
 
 
 def _is_token_ids(prompt: Any) -> bool:
@@ -153,7 +196,7 @@ def generate(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
-    stop, pad_id, sampling = _setup(tokenizer, eot_id, greedy, temperature, max_new_tokens)
+    settings = decoding_settings(greedy, temperature, max_new_tokens, tokenizer=tokenizer, eot_id=eot_id)
     encoded = [list(p) if _is_token_ids(p) else prompt_ids(tokenizer, p) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     results: list[Generation | None] = [None] * len(encoded)
@@ -161,9 +204,9 @@ def generate(
     with _eval_mode(model), _seeded(seed, _device(model)):
         for start in tqdm(starts, desc="generating", disable=not progress or not order):
             idx = order[start : start + batch_size]
-            new = _generate_ids(model, [encoded[i] for i in idx], stop, pad_id, max_new_tokens, sampling)
+            new = _generate_ids(model, [encoded[i] for i in idx], settings)
             for row, i in enumerate(idx):
-                results[i] = _finish(tokenizer, new[row], stop)
+                results[i] = _finish(tokenizer, new[row], settings["eos_token_id"])
     return results  # type: ignore[return-value]
 
 
@@ -219,7 +262,8 @@ def stream_response(
 
     `model.generate` runs on a worker thread; stopping the iteration early stops it.
     """
-    stop, pad_id, sampling = _setup(tokenizer, eot_id, greedy, temperature, max_new_tokens)
+    settings = decoding_settings(greedy, temperature, max_new_tokens, tokenizer=tokenizer, eot_id=eot_id)
+    stop = settings["eos_token_id"]
     prompt = prompt_ids(tokenizer, prompt_messages)
     streamer, cancel, errors = _TokenQueue(), threading.Event(), []
 
@@ -227,16 +271,7 @@ def stream_response(
         try:
             with _seeded(seed, _device(model)):
                 criteria = StoppingCriteriaList([_Cancelled(cancel)])
-                _generate_ids(
-                    model,
-                    [prompt],
-                    stop,
-                    pad_id,
-                    max_new_tokens,
-                    sampling,
-                    streamer=streamer,
-                    stopping_criteria=criteria,
-                )
+                _generate_ids(model, [prompt], settings, streamer=streamer, stopping_criteria=criteria)
         except BaseException as exc:  # re-raised on the consumer's thread
             errors.append(exc)
             streamer.end()

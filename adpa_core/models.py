@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from .config import ModelConfig
+from .data.templates import set_chat_template
 from .paths import resolve_model_path
 
 # Llama-style decoders (also Qwen2/3, Mistral, Gemma, SmolLM2, Danube): attention + MLP projections.
@@ -109,14 +110,25 @@ def _load_problem(exc: Exception, path: str, what: str) -> str:
     return f"could not load the {what} from {path!r} (not a local folder? offline?): {text}"
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
-    """Loads a tokenizer (`toy:` names, local folders, hub ids); sets a pad token when it has none."""
+def load_tokenizer(
+    name_or_path: str, trust_remote_code: bool = False, chat_template: str | None = None
+) -> Any:
+    """Loads a tokenizer (`toy:` names, local folders, hub ids); sets a pad token when it has none.
+
+    `chat_template`: `model.chat_template` (None: the tokenizer's own, the plain one when it has none).
+    """
     path = _resolve(name_or_path, "tokenizer", TOKENIZER_FILES)
     tok = _load(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         # Padding positions are masked (attention mask, labels -100), so reusing EOS as pad is harmless.
         tok.pad_token = tok.eos_token
+    set_chat_template(tok, chat_template)
     return tok
+
+
+def load_run_tokenizer(cfg: ModelConfig) -> Any:
+    """The tokenizer of a run: `model.tokenizer` (default: the student's), with `model.chat_template`."""
+    return load_tokenizer(cfg.tokenizer or cfg.student, cfg.trust_remote_code, cfg.chat_template)
 
 
 def _device_map(device: torch.device) -> dict[str, str]:
@@ -180,6 +192,12 @@ def _adapter_base(path: str) -> str | None:
     if not base:
         raise ModelLoadError(f"{config} names no base model (base_model_name_or_path)")
     return base
+
+
+def adapter_base(name: str) -> str | None:
+    """The base model of a LoRA adapter given as a folder or a run directory (its final/); None for a
+    model with full weights."""
+    return _adapter_base(_resolve(name, "model", ("config.json", "adapter_config.json")))
 
 
 def load_inference_model(
@@ -339,9 +357,11 @@ class TeacherPair:
             return decoder(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
 
     def output_layer(self, which: str = "dpo") -> nn.Module:
-        """The lm_head of `dpo` or `ref`: maps final hidden states (B, T, H) to logits (B, T, V).
+        """The lm_head of `dpo` or `ref`: projects final hidden states (B, T, H) to (B, T, V).
 
-        Feed it `outputs.hidden_states[-1]` (already normed) of the same teacher's forward.
+        Feed it `outputs.hidden_states[-1]` (already normed) of the same teacher's forward. A model with an
+        output transform (Gemma 2 soft-capping...) applies it after this layer: `chunked.OutputLayer` pairs
+        the two.
         """
         if which not in ("dpo", "ref"):
             raise ValueError(f"which={which!r}: choose 'dpo' or 'ref'")
@@ -365,7 +385,7 @@ def load_teacher_pair(
     if cfg.teacher is None:
         raise ValueError("model.teacher is not set")
     if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.tokenizer or cfg.student, cfg.trust_remote_code)
+        tokenizer = load_run_tokenizer(cfg)
     dpo = load_teacher(cfg.teacher, cfg, device, adapter=cfg.teacher_adapter)
     check_model_and_tokenizer(cfg.teacher, dpo, tokenizer, "teacher", cfg.trust_remote_code)
     if cfg.teacher_adapter is not None:
@@ -390,7 +410,7 @@ def load_models(
     (a run that reads a teacher cache).
     """
     if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.tokenizer or cfg.student, cfg.trust_remote_code)
+        tokenizer = load_run_tokenizer(cfg)
     student = load_student(cfg, device)
     check_model_and_tokenizer(cfg.student, student, tokenizer, "student", cfg.trust_remote_code)
     pair = load_teacher_pair(cfg, device, tokenizer) if teachers and cfg.teacher is not None else None
@@ -432,8 +452,17 @@ def model_fingerprint(name: str | None) -> str | None:
 # ---------------------------------------------------------------- tokenizer contract
 
 
-def _special_ids(tok: Any) -> set[int]:
-    return {i for i, t in tok.added_tokens_decoder.items() if t.special and i < len(tok)}
+def _id_to_token(vocab: dict[str, int], n: int) -> list[str | None]:
+    """The token of each id < n (None where the vocabulary has a gap)."""
+    tokens: list[str | None] = [None] * n
+    for token, i in vocab.items():
+        if i < n:
+            tokens[i] = token
+    return tokens
+
+
+def _special_ids(tok: Any, n: int) -> set[int]:
+    return {i for i, t in tok.added_tokens_decoder.items() if t.special and i < n}
 
 
 def check_tokenizer_contract(
@@ -443,25 +472,32 @@ def check_tokenizer_contract(
 
     Compares the id -> token maps on ids < len(tokenizer), bos/eos/unk and the added special tokens. The
     pad token is not compared: only the student's tokenizer pads, and padded positions are masked.
+    Linear in the vocabulary, with one `len()` per tokenizer (`len()` is a call into the tokenizer's backend,
+    not a stored number: once per token it cost seconds at V = 262,144); under a second there
+    (benchmarks/tokenizer_check.py).
     """
     a, b = names
-    inv = [{i: t for t, i in tok.get_vocab().items() if i < len(tok)} for tok in (reference_tok, other_tok)]
-    for i in range(max(len(reference_tok), len(other_tok))):
-        if inv[0].get(i) != inv[1].get(i):
+    sizes = [len(reference_tok), len(other_tok)]
+    vocabs = [reference_tok.get_vocab(), other_tok.get_vocab()]  # token -> id
+    if sizes[0] != sizes[1] or vocabs[0] != vocabs[1]:  # a C-level dict comparison in the common case
+        n = max(sizes)
+        x, y = (_id_to_token(v, size) + [None] * (n - size) for v, size in zip(vocabs, sizes, strict=True))
+        i = next((i for i in range(n) if x[i] != y[i]), None)
+        if i is not None:
             raise TokenizerMismatchError(
-                f"{a} and {b} tokenizers differ first at id {i}: {a} has {inv[0].get(i)!r}, {b} has "
-                f"{inv[1].get(i)!r} ({a}: {len(reference_tok)} tokens, {b}: {len(other_tok)}); "
-                "all models must share one vocabulary"
+                f"{a} and {b} tokenizers differ first at id {i}: {a} has {x[i]!r}, {b} has "
+                f"{y[i]!r} ({a}: {sizes[0]} tokens, {b}: {sizes[1]}); all models must share one vocabulary"
             )
     for attr in ("bos_token", "eos_token", "unk_token"):
         x, y = getattr(reference_tok, attr), getattr(other_tok, attr)
         if x != y:
             raise TokenizerMismatchError(f"{a} and {b} tokenizers have different {attr}: {x!r} vs {y!r}")
-    only = _special_ids(reference_tok) ^ _special_ids(other_tok)
+    only = _special_ids(reference_tok, sizes[0]) ^ _special_ids(other_tok, sizes[0])
     if only:
         i = min(only)
+        token = reference_tok.convert_ids_to_tokens(i)
         raise TokenizerMismatchError(
-            f"{a} and {b} tokenizers disagree on whether {inv[0].get(i)!r} (id {i}) is a special token"
+            f"{a} and {b} tokenizers disagree on whether {token!r} (id {i}) is a special token"
         )
 
 

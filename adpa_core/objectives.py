@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import losses as L
-from .chunked import counted_rows, final_hidden, fused_linear_loss, label_logps
+from .chunked import OutputLayer, counted_rows, final_hidden, fused_linear_loss, label_logps
 from .config import STUDENT_GROUPS, TEACHER_GROUPS, ObjectiveConfig
 from .teacher import TeacherTargets
 
@@ -96,7 +96,7 @@ class StepContext:
     teacher: TeacherSource | None = None
     reference_logps: Callable[[dict[str, Any]], Tensor] | None = None  # (G*B,) summed logps, frozen student
     chunk_size: int | None = None  # None: full logits; else the chunked path (chunked.py) with this chunk
-    head: nn.Linear | None = None  # the student's output layer (chunked path)
+    head: OutputLayer | None = None  # the student's output layer and logit transform (chunked path)
 
 
 def _kl_per_token(student_logits: Tensor, t: TeacherTargets, labels: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 from transformers import AutoModelForSequenceClassification
+from transformers.utils import logging as hf_logging
 
 from .models import ModelLoadError, freeze, load_tokenizer, pick_device, pick_dtype
 from .paths import toy_dir
@@ -49,11 +50,19 @@ class PythonReward:
     name: str = "python"
     summarize: Callable[..., dict[str, Any]] | None = None
     """Optional `summarize(prompt_texts, responses, stopped=...) -> dict`, reported under `name`."""
+    check: Callable[[Sequence[str]], None] | None = None
+    """Optional `check(prompt_texts)` that raises EvalError for prompts the function cannot score."""
+
+    def check_prompts(self, prompts: Sequence[Messages]) -> None:
+        """Raises EvalError when the reward cannot score these prompts (called before generating, too)."""
+        if self.check is not None:
+            self.check([prompt_text(p) for p in prompts])
 
     def __call__(
         self, prompts: Sequence[Messages], responses: Sequence[str], stopped: Sequence[bool]
     ) -> list[float]:
         _check_lengths(prompts, responses, stopped)
+        self.check_prompts(prompts)
         texts = [prompt_text(p) for p in prompts]
         return [float(self.fn(p, r, bool(s))) for p, r, s in zip(texts, responses, stopped, strict=True)]
 
@@ -99,7 +108,23 @@ def toy_reward(world: Any = None) -> PythonReward:
     def summarize(prompts: list[str], responses: list[str], stopped: list[bool]) -> dict[str, Any]:
         return toy.summarize(prompts, responses, world=world, stopped=stopped)
 
-    return PythonReward(fn, "toy", summarize)
+    return PythonReward(fn, "toy", summarize, check=require_toy_prompts)
+
+
+def require_toy_prompts(prompts: Sequence[str]) -> None:
+    """The toy reward parses facts, arithmetic and style from the toy world's own words; on any other
+    prompt its score means nothing, so it refuses (EvalError) prompts with words outside the toy lexicon."""
+    from .toy.lexicon import all_words
+
+    known = set(all_words())
+    foreign = [p for p in prompts if not set(p.split()) <= known]
+    if foreign:
+        words = sorted(set(foreign[0].split()) - known)[:3]
+        raise EvalError(
+            f"the toy reward only scores toy-world prompts, but {len(foreign)} of {len(prompts)} prompts are "
+            f"not (e.g. {foreign[0][:60]!r}: {', '.join(map(repr, words))} is no toy word); give "
+            "--reward (a reward model path or hub id, or py:MODULE:FUNCTION)"
+        )
 
 
 def _built_toy_world() -> Any:
@@ -179,6 +204,16 @@ def _pad_id(model: Any, pad: int | None) -> Iterator[None]:
         config.pad_token_id = old
 
 
+@contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def reward_model(
     path_or_id: str, batch_size: int = 8, device: torch.device | str | None = None, dtype: str = "auto"
 ) -> RewardModel:
@@ -188,11 +223,24 @@ def reward_model(
         path = resolve_name(path_or_id)
         if Path(path).expanduser().exists() and not (Path(path).expanduser() / "config.json").exists():
             raise ModelLoadError(f"{path} holds no model (no config.json)")
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=pick_dtype(dtype, device), trust_remote_code=False
-        )
+        with _quiet_load_report():  # its table of missing weights is replaced by the error below
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=pick_dtype(dtype, device), trust_remote_code=False, output_loading_info=True
+            )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load the reward model {path_or_id!r}: {exc}") from exc
+    # transformers fills weights missing from the checkpoint (e.g. the score head of a chat model loaded as
+    # a classifier) with random values: such a "reward" would be noise.
+    untrained = sorted(info.get("missing_keys", [])) + sorted(
+        str(k[0]) for k in info.get("mismatched_keys", [])
+    )
+    if untrained:
+        raise ModelLoadError(
+            f"{path_or_id!r} is not a trained reward model: its checkpoint has no weights for "
+            f"{', '.join(untrained[:3])}{' ...' if len(untrained) > 3 else ''} (a causal LM or a base model "
+            "has no trained score head), so its scores would be random; give a sequence-classification "
+            "reward model, `toy`, or py:MODULE:FUNCTION"
+        )
     tokenizer = load_tokenizer(path, trust_remote_code=False)
     return RewardModel(freeze(model.to(device)), tokenizer, batch_size, name=f"rm:{path_or_id}")
 

@@ -18,8 +18,8 @@ import torch
 from .checkpoint import load_trainable_state
 from .config import RunConfig, load_config
 from .data import DataError
-from .generate import Generation, generate, read_generations_jsonl, write_generations_jsonl
-from .models import ModelLoadError, load_inference_model, load_student, load_tokenizer
+from .generate import Generation, decoding_settings, generate, read_generations_jsonl, write_generations_jsonl
+from .models import ModelLoadError, load_inference_model, load_run_tokenizer, load_student
 from .paths import resolve_model_path
 from .runs import RunDir
 from .stats import EvalError
@@ -71,7 +71,7 @@ def initial_student(run: RunDir, cfg: RunConfig, device: str | None = None) -> t
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model = load_student(cfg.model, device)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.student, cfg.model.trust_remote_code)
+    tokenizer = load_run_tokenizer(cfg.model)
     return model.eval(), tokenizer
 
 
@@ -171,8 +171,16 @@ def write_cache(path: Path, rows: list[Row], gens: list[Generation], extra: list
 
 
 def generation_settings(src: ModelSource, opts: dict[str, Any]) -> dict[str, Any]:
-    """What a cached generation must match: length budget, decoding (and seed when sampling), weights."""
-    settings = {"max_new_tokens": opts["max_new_tokens"], "greedy": opts["greedy"], "weights": src.weights}
+    """What a cached generation must match: length budget, decoding (and seed when sampling), weights.
+
+    `decoding` is the exact decoding config (`generate.decoding_settings`): a cache written before it was
+    recorded, or with other settings, is not reused."""
+    settings = {
+        "max_new_tokens": opts["max_new_tokens"],
+        "greedy": opts["greedy"],
+        "decoding": decoding_settings(opts["greedy"], max_new_tokens=opts["max_new_tokens"]),
+        "weights": src.weights,
+    }
     if not opts["greedy"]:
         settings["seed"] = opts["seed"]
     return settings

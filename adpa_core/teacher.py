@@ -27,11 +27,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .chunked import chunk_rows
+from .chunked import OutputLayer, chunk_rows, output_transform
 from .config import ADVANTAGE_METHODS, STUDENT_GROUPS, TEACHER_GROUPS, ConfigError, RunConfig
 from .data import collate
 from .losses import IGNORE_INDEX, topk_rest_logp
-from .models import TeacherPair, load_models, load_tokenizer, model_fingerprint
+from .models import TeacherPair, load_models, load_run_tokenizer, model_fingerprint
 from .prepare import attach_yhat, load_rows, yhat_path
 from .runs import RunDir, atomic_write_json
 
@@ -93,9 +93,12 @@ class OnlineTeacher:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
         dpo = self.pair.final_hidden("dpo", **inputs)[mask]  # (N, H)
         ref = self.pair.final_hidden("ref", **inputs)[mask] if need_ref else None  # (N, H)
-        heads = {
-            "dpo": self.pair.output_layer("dpo"),
-            "ref": self.pair.output_layer("ref") if need_ref else None,
+        ref_model = self.pair.ref if self.pair.ref is not None else self.pair.dpo  # same base when shared
+        heads = {  # with each model's own logit transform (Gemma 2 soft-capping, Granite / Cohere scaling)
+            "dpo": OutputLayer(self.pair.output_layer("dpo"), output_transform(self.pair.dpo)),
+            "ref": OutputLayer(self.pair.output_layer("ref"), output_transform(ref_model))
+            if need_ref
+            else None,
         }
         vocab = self.vocab_size
 
@@ -145,7 +148,7 @@ def build_teacher_cache(
         raise ValueError(f"objective.method={method} uses no teacher; nothing to cache")
     run = RunDir(cfg.run_dir)
     out = Path(out or cfg.objective.teacher_cache or run.path / "teacher_cache")
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.student, cfg.model.trust_remote_code)
+    tokenizer = load_run_tokenizer(cfg.model)
     vocab = len(tokenizer)
     splits = cache_splits(cfg)
     rows = {split: load_rows(cfg, tokenizer, split) for split in splits}  # data errors before model loading

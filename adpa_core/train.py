@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import math
 import shutil
 import time
@@ -29,14 +30,16 @@ from torch import nn
 
 from . import objectives as O
 from .checkpoint import load_state, rng_state, save_state
-from .chunked import chunk_rows, sequence_logps_chunked, supports_chunking
+from .chunked import chunk_rows, chunking_problem, output_layer, sequence_logps_chunked
 from .config import STUDENT_GROUPS, ConfigError, RunConfig, save_config
-from .data import collate
+from .data import chat_template_id, collate
 from .losses import sequence_logps
-from .models import adapter_disabled, frozen_copy, load_models, load_tokenizer, save_student
+from .models import adapter_disabled, frozen_copy, load_models, load_run_tokenizer, save_student
 from .prepare import attach_yhat, load_rows, yhat_path
 from .runs import RunDir
 from .teacher import OnlineTeacher, open_teacher_cache
+
+logger = logging.getLogger(__name__)
 
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.EFBIG)
 DATA_KEYS = ("input_ids", "attention_mask", "position_ids", "labels")
@@ -156,14 +159,16 @@ def make_batch(
 def _chunk_size(cfg: RunConfig, student: nn.Module, pair: Any, vocab_size: int) -> int | None:
     """The chunked loss path's chunk size, or None for full logits (DESIGN: used by default when it helps)."""
     mode = cfg.train.chunked_loss
+    if mode == "off" or (mode == "auto" and vocab_size < CHUNK_MIN_VOCAB):
+        return None
     models = [student] + ([pair.dpo] + ([pair.ref] if pair.ref is not None else []) if pair else [])
-    supported = all(supports_chunking(m) for m in models)
-    if mode == "on" and not supported:
+    problem = next((p for m in models if (p := chunking_problem(m)) is not None), None)
+    if problem is not None and mode == "on":
         raise ConfigError(
-            "train.chunked_loss=on needs bias-free Linear output layers (an adapted or quantized "
-            "lm_head cannot be chunked); use train.chunked_loss=auto or off"
+            f"train.chunked_loss=on cannot be used: {problem}; use train.chunked_loss=auto or off"
         )
-    if mode == "off" or not supported or (mode == "auto" and vocab_size < CHUNK_MIN_VOCAB):
+    if problem is not None:
+        logger.warning("full-vocabulary logits (train.chunked_loss=auto): %s", problem)
         return None
     return chunk_rows(cfg.train.chunk_size, vocab_size)
 
@@ -191,7 +196,9 @@ def setup(cfg: RunConfig, run: RunDir, acc: Accelerator) -> Session:
     """Loads what a run needs. Cheap checks come first: the data is validated and tokenized and a teacher
     cache is checked before any model is loaded (a 7B teacher takes minutes to load)."""
     m = cfg.model
-    tokenizer = load_tokenizer(m.tokenizer or m.student, m.trust_remote_code)
+    tokenizer = load_run_tokenizer(m)
+    if acc.is_main_process:  # the template the run renders with (`plain` for a base model without one)
+        run.set_status("running", chat_template=chat_template_id(tokenizer))
     vocab = len(tokenizer)
     rows = load_rows(cfg, tokenizer, "train")
     eval_rows = load_rows(cfg, tokenizer, "eval") if cfg.train.eval_every else []
@@ -214,7 +221,7 @@ def setup(cfg: RunConfig, run: RunDir, acc: Accelerator) -> Session:
     optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     prepared, optimizer = acc.prepare(student, optimizer)
-    head = student.get_output_embeddings() if chunk else None
+    head = output_layer(student) if chunk else None
     teacher = cache if cache is not None else OnlineTeacher(pair, vocab) if pair is not None else None
     ctx = O.StepContext(prepared, cfg.objective, vocab, teacher, reference, chunk, head)
     return Session(cfg, run, acc, tokenizer, student, ctx, rows, eval_rows, optimizer, scheduler)

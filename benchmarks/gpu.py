@@ -181,6 +181,7 @@ def make_batch(groups: int, batch: int, seq: int, vocab: int, device: torch.devi
 
 
 def run_case(case: dict[str, Any], device: torch.device, warmup: int, steps: int, chunk: int) -> dict:
+    from adpa_core.chunked import output_layer
     from adpa_core.config import ObjectiveConfig
     from adpa_core.objectives import StepContext, loss_step
     from adpa_core.teacher import OnlineTeacher
@@ -193,7 +194,7 @@ def run_case(case: dict[str, Any], device: torch.device, warmup: int, steps: int
     student = build_model(s_shape, device, dtype, seed=1).train()
     n_student = compute_params(student)
     pair, n_base, n_adapter = teacher_pair(t_shape, device, dtype)
-    head = student.get_output_embeddings()
+    head = output_layer(student)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-6)
     contexts = {
         "adpa": StepContext(

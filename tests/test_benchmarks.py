@@ -80,6 +80,17 @@ def test_cache_bench_quick(bench_out):
         assert r["encoder_bytes"] == r["formula_bytes"]
 
 
+def test_tokenizer_check_quick(bench_out):
+    payload = _run("tokenizer_check", bench_out, QUICK)
+    cases = [r["case"] for r in payload["results"]]
+    assert cases == [
+        "identical (library)",
+        "differ at the last id (library)",
+        "identical (per-token len(), before)",
+    ]
+    assert all(r["cpu_s"] > 0 and r["wall_s"] > 0 for r in payload["results"])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the clean exit without CUDA")
 def test_gpu_script_exits_cleanly_without_cuda(bench_out):
     payload = _run("gpu", bench_out, [])

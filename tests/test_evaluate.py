@@ -22,7 +22,7 @@ from adpa_core.evaluate import (
     reward_model,
     toy_reward,
 )
-from adpa_core.generate import read_generations_jsonl
+from adpa_core.generate import decoding_settings, read_generations_jsonl
 from adpa_core.run_models import load_run_model
 from adpa_core.selection import select_checkpoint
 from adpa_core.train import run_training
@@ -193,6 +193,9 @@ def test_evaluate_run_writes_eval_json_generations_and_alpaca_export(world, runs
         out["mean_reward"]
     )
     assert all(r["max_new_tokens"] == 5 and r["weights"] == "final" for r in records.values())
+    decoding = decoding_settings(True, max_new_tokens=5)  # the exact settings, recorded and part of the key
+    assert on_disk["settings"]["decoding"] == decoding
+    assert all(r["decoding"] == decoding for r in records.values())
     alpaca = json.loads((run / "generations" / "alpaca_eval_test.json").read_text())
     assert len(alpaca) == 6 and all(set(a) == {"instruction", "output", "generator"} for a in alpaca)
     assert alpaca[0]["instruction"].startswith("where is the") and alpaca[0]["generator"] == "sft-run"

@@ -3,7 +3,8 @@
     sources.py     read raw rows: .json / .jsonl / .parquet, hub id, `toy:<name>`, a Dataset or a list
     rows.py        validate and normalize the layouts; stable content-hash ids; LoadReport
     load.py        load_preferences / load_sft -> Dataset(id, prompt, chosen, rejected | response)
-    tokenizing.py  chat template, end-of-turn token, THE next-token shift, tokenized datasets
+    templates.py   chat template (the plain one for base models), prompt ids, end-of-turn token
+    tokenizing.py  THE next-token shift, budgets and truncation, tokenized datasets
     collate.py     padded (G*B, L) batches, chosen rows first then rejected rows
 
 THE NEXT-TOKEN SHIFT IS DONE ONCE, in `next_token_labels`: `labels[t]` is the token to predict at position
@@ -27,15 +28,20 @@ from adpa_core.data.load import (
 )
 from adpa_core.data.rows import LoadReport, content_id
 from adpa_core.data.sources import DataError, read_jsonl_text, read_text
+from adpa_core.data.templates import (
+    PLAIN_CHAT_TEMPLATE,
+    chat_template_id,
+    end_of_turn_id,
+    prompt_ids,
+    set_chat_template,
+)
 from adpa_core.data.tokenizing import (
     IGNORE_INDEX,
     PREFERENCE_TOKEN_FEATURES,
     SFT_TOKEN_FEATURES,
     Dropped,
-    end_of_turn_id,
     next_token_labels,
     pack_example,
-    prompt_ids,
     tokenize_example,
     tokenize_preferences,
     tokenize_sft,
@@ -43,6 +49,7 @@ from adpa_core.data.tokenizing import (
 
 __all__ = [
     "IGNORE_INDEX",
+    "PLAIN_CHAT_TEMPLATE",
     "PREFERENCE_FEATURES",
     "PREFERENCE_GROUPS",
     "PREFERENCE_TOKEN_FEATURES",
@@ -52,6 +59,7 @@ __all__ = [
     "DataError",
     "Dropped",
     "LoadReport",
+    "chat_template_id",
     "collate",
     "content_id",
     "end_of_turn_id",
@@ -66,6 +74,7 @@ __all__ = [
     "read_preferences",
     "read_sft",
     "read_text",
+    "set_chat_template",
     "tokenize_example",
     "tokenize_preferences",
     "tokenize_sft",

@@ -9,6 +9,8 @@ and no loss function shifts again. Never pass these labels to a Hugging Face mod
 A sequence is `prompt tokens + response tokens`: the prompt is the chat template with
 `add_generation_prompt=True`; the response is the rest of the full conversation's rendering, cut right after
 the template's end-of-turn token (which is trained; trailing tokens such as a "\\n" are not kept).
+
+Rendering with the chat template (and the plain template for base models) is in templates.py.
 """
 
 from __future__ import annotations
@@ -19,16 +21,15 @@ from typing import Any
 
 import datasets
 from datasets import Features, List, Value
-from jinja2 import TemplateError
 from tqdm.auto import tqdm
 
 from adpa_core.config import DataConfig
 from adpa_core.data.sources import DataError
+from adpa_core.data.templates import encode, end_of_turn_id, render
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-_MARKER = "ADPAENDOFTURNPROBE"
 
 
 @dataclass(frozen=True)
@@ -37,60 +38,6 @@ class Dropped:
 
     reason: str
     detail: str = ""
-
-
-def encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of already-rendered template text (no special tokens added: the template has them)."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def render(
-    tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool, example_id: str | None = None
-) -> str:
-    """The chat template's text for `messages`; a missing or failing template is a DataError."""
-    try:
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
-        )
-    except (TemplateError, ValueError) as exc:  # no template, or one that refuses e.g. system messages
-        if getattr(tokenizer, "chat_template", "") is None:
-            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-            raise DataError(
-                f"the tokenizer {name!r} has no chat template; use a chat model's tokenizer "
-                "(model.tokenizer) or set tokenizer.chat_template"
-            ) from None
-        where = f"example {example_id!r}: " if example_id is not None else ""
-        roles = ", ".join(str(m.get("role")) for m in messages)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(
-            f"{where}the tokenizer's chat template cannot render messages with roles [{roles}] ({first})"
-        ) from None
-
-
-def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """The prompt as the model sees it before answering (template with add_generation_prompt=True)."""
-    return encode(tokenizer, render(tokenizer, messages, generation_prompt=True))
-
-
-def end_of_turn_id(tokenizer: Any) -> int:
-    """The token that closes an assistant turn in the chat template (<|eot_id|>, <|im_end|>, ...)."""
-    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _MARKER}]
-    text = render(tokenizer, probe, generation_prompt=False)
-    special = set(tokenizer.all_special_ids) | {
-        i for i, tok in tokenizer.added_tokens_decoder.items() if getattr(tok, "special", False)
-    }
-    if _MARKER in text:
-        for token in encode(tokenizer, text.split(_MARKER, 1)[1]):
-            if not tokenizer.decode([token]).strip():
-                continue  # whitespace between the content and the end-of-turn token
-            if token in special:
-                return token
-            break
-    # The template closes assistant turns with no special token: the model can only learn to stop at eos.
-    if tokenizer.eos_token_id is None:
-        raise DataError("the chat template has no end-of-turn token and the tokenizer has no eos token")
-    logger.warning("no end-of-turn token found in the chat template; using eos %r", tokenizer.eos_token)
-    return tokenizer.eos_token_id
 
 
 def next_token_labels(input_ids: list[int], response_start: int) -> list[int]:

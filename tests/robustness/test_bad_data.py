@@ -343,12 +343,16 @@ PREFIX_BREAKING = (
 )
 
 
-def test_tokenizer_without_chat_template(tok):
-    plain = make_tokenizer()
-    plain.chat_template = None
+def test_tokenizer_without_chat_template_or_eos(tok):
+    """Without a template the plain one is used (tests/test_plain_template.py); it ends turns with eos."""
+    bare = make_tokenizer()
+    bare.chat_template = None
+    bare.eos_token = None
     rows = load_preferences([{"id": "e1", **GOOD0}])
-    with clear_error(DataError, r"has no chat template; use a chat model's tokenizer \(model\.tokenizer\)"):
-        tokenize_preferences(rows, plain, DataConfig(max_length=16, max_prompt_length=8))
+    with clear_error(
+        DataError, r"has no chat template and no eos token to end a turn with; set model\.chat_"
+    ):
+        tokenize_preferences(rows, bare, DataConfig(max_length=16, max_prompt_length=8))
 
 
 def test_chat_template_that_refuses_a_role(tok):
