@@ -17,7 +17,7 @@ from torch import nn
 from .config import RunConfig, is_local_file
 from .data import DataError, pack_example, read_preferences, read_sft, tokenize_preferences, tokenize_sft
 from .data.tokenizing import Dropped
-from .generate import generate, read_generations_jsonl, write_generations_jsonl
+from .generate import decoding_settings, generate, read_generations_jsonl, write_generations_jsonl
 from .models import model_fingerprint
 from .runs import RunDir
 
@@ -80,14 +80,15 @@ def yhat_path(run: RunDir, split: str) -> Path:
     return run.generations_dir / ("yhat.jsonl" if split == "train" else "yhat_eval.jsonl")
 
 
-def yhat_producer(cfg: RunConfig) -> dict[str, Any]:
+def yhat_producer(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
     """What decides the student's replies besides the prompt: the student's files, its loading and the
-    decoding settings. A cached reply is reused only when all of it (and its prompt tokens) match."""
+    exact decoding settings (stop ids included). A cached reply is reused only when all of it (and its
+    prompt tokens) match."""
     return {
         "student": model_fingerprint(cfg.model.student),
         "student_quantization": cfg.model.student_quantization,
         "dtype": cfg.model.dtype,
-        "decoding": {"greedy": True, "max_new_tokens": cfg.objective.max_new_tokens},
+        "decoding": decoding_settings(True, max_new_tokens=cfg.objective.max_new_tokens, tokenizer=tokenizer),
     }
 
 
@@ -111,7 +112,7 @@ def attach_yhat(
     (`yhat_producer` + the prompt tokens): a changed student, prompt or decoding setting regenerates.
     Rows whose reply cannot be packed (empty) are dropped with a count.
     """
-    producer = yhat_producer(cfg)
+    producer = yhat_producer(cfg, tokenizer)
     keys = {r["id"]: yhat_key(producer, r["prompt_input_ids"]) for r in rows}
     cached = read_generations_jsonl(cache_path) if cache_path.exists() else {}
     missing = [r for r in rows if cached.get(r["id"], {}).get("key") != keys[r["id"]]]
