@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .data.templates import set_chat_template
 from .paths import resolve_model_path
 
@@ -171,6 +171,7 @@ def load_student(cfg: ModelConfig, device: torch.device | str | None = None) -> 
         model = _load_causal_lm(_resolve(adapter, "model", ("config.json",)), cfg, device)
         model = _load(lambda p: PeftModel.from_pretrained(model, p), path, "LoRA adapter").merge_and_unload()
     if cfg.lora:
+        check_lora_rank(cfg, model.config)
         targets = cfg.lora_target_modules or default_lora_targets(model)
         lora = LoraConfig(
             r=cfg.lora_r,
@@ -181,6 +182,26 @@ def load_student(cfg: ModelConfig, device: torch.device | str | None = None) -> 
         )
         model = get_peft_model(model, lora)
     return model.train()
+
+
+def check_lora_rank(cfg: ModelConfig, config: Any) -> None:
+    """ConfigError when `cfg.lora_r` exceeds the student's hidden size (`config`, a transformers config):
+    an adapter that wide has as many parameters as the layers it adapts and only costs memory and time."""
+    hidden = getattr(config.get_text_config(), "hidden_size", None)
+    if cfg.lora and isinstance(hidden, int) and cfg.lora_r > hidden:
+        raise ConfigError(
+            f"model.lora_r={cfg.lora_r} is larger than the student's hidden size {hidden}; use a rank from 1 "
+            f"to {hidden} (typically 8-64), or model.lora=false to train all weights"
+        )
+
+
+def model_config(name: str, trust_remote_code: bool = False) -> Any:
+    """The transformers config of a model (`toy:` name, folder, run directory, hub id; for a LoRA adapter:
+    its base's), read without loading weights. ModelLoadError when the name does not resolve."""
+    path = _resolve(name, "model", ("config.json", "adapter_config.json"))
+    base = _adapter_base(path)
+    path = path if base is None else _resolve(base, "model", ("config.json",))
+    return _load(AutoConfig.from_pretrained, path, "model", trust_remote_code=trust_remote_code)
 
 
 def _adapter_base(path: str) -> str | None:
