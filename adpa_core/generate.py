@@ -19,7 +19,7 @@ import queue
 import tempfile
 import threading
 import weakref
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,12 +187,14 @@ def generate(
     temperature: float = 1.0,
     seed: int | None = None,
     progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> list[Generation]:
     """Replies to chat prompts (lists of messages ending with a user turn, or the prompt's token ids
     already rendered with the chat template), in the prompts' order.
 
     Batches of `batch_size` left-padded prompts (longest first, to waste little padding); the model is put
-    in eval mode and restored afterwards; works with peft models.
+    in eval mode and restored afterwards; works with peft models. `on_batch(done, total)` is called after
+    each batch with the number of prompts answered so far (e.g. to write a run's progress).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -207,6 +209,8 @@ def generate(
             new = _generate_ids(model, [encoded[i] for i in idx], settings)
             for row, i in enumerate(idx):
                 results[i] = _finish(tokenizer, new[row], settings["eos_token_id"])
+            if on_batch is not None:
+                on_batch(start + len(idx), len(order))
     return results  # type: ignore[return-value]
 
 

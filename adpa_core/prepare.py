@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,15 @@ def attach_yhat(
     tokenizer: Any,
     cache_path: Path,
     batch_size: int = 32,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Adds `yhat_input_ids` / `yhat_labels`: the initial student's greedy reply to each prompt.
 
     The reply is generated from the same (possibly truncated) prompt tokens the row is trained on, once,
     and cached as JSONL keyed by example id (`cache_path`) with the key of what produced it
     (`yhat_producer` + the prompt tokens): a changed student, prompt or decoding setting regenerates.
-    Rows whose reply cannot be packed (empty) are dropped with a count.
+    Rows whose reply cannot be packed (empty) are dropped with a count. `on_progress(done, total)`: the
+    prompts answered so far (`generate`'s `on_batch`).
     """
     producer = yhat_producer(cfg, tokenizer)
     keys = {r["id"]: yhat_key(producer, r["prompt_input_ids"]) for r in rows}
@@ -124,6 +127,7 @@ def attach_yhat(
             max_new_tokens=cfg.objective.max_new_tokens,
             batch_size=batch_size,
             progress=True,
+            on_batch=on_progress,
         )
         for row, gen in zip(missing, gens, strict=True):
             cached[row["id"]] = {

@@ -17,7 +17,7 @@ import shutil
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -211,8 +211,9 @@ def setup(cfg: RunConfig, run: RunDir, acc: Accelerator) -> Session:
         if m.lora:
             student.enable_input_require_grads()
     if "yhat" in STUDENT_GROUPS[cfg.objective.method]:
+        report = _phase_progress(run, "y_hat") if acc.is_main_process else None
         with acc.main_process_first():
-            rows = attach_yhat(rows, cfg, student, tokenizer, yhat_path(run, "train"))
+            rows = attach_yhat(rows, cfg, student, tokenizer, yhat_path(run, "train"), on_progress=report)
             if eval_rows:
                 eval_rows = attach_yhat(eval_rows, cfg, student, tokenizer, yhat_path(run, "eval"))
     chunk = _chunk_size(cfg, student, pair, vocab)
@@ -225,6 +226,17 @@ def setup(cfg: RunConfig, run: RunDir, acc: Accelerator) -> Session:
     teacher = cache if cache is not None else OnlineTeacher(pair, vocab) if pair is not None else None
     ctx = O.StepContext(prepared, cfg.objective, vocab, teacher, reference, chunk, head)
     return Session(cfg, run, acc, tokenizer, student, ctx, rows, eval_rows, optimizer, scheduler)
+
+
+def _phase_progress(run: RunDir, phase: str) -> Callable[[int, int], None]:
+    """Writes a preparation phase's progress (done / total, ETA) to status.json, before step 1."""
+    start = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        eta = (time.perf_counter() - start) / done * (total - done) if done else None
+        run.set_status("running", step=0, phase=phase, phase_done=done, phase_total=total, phase_eta_s=eta)
+
+    return report
 
 
 def optimizer_step(s: Session) -> dict[str, float]:
