@@ -14,11 +14,12 @@ import pytest
 
 from adpa_core.runs import RunDir
 from tests.workbench_kit import finished_run
-from workbench import run_views, views
+from workbench import figures, run_views, views
 from workbench.cache import ModelCache
 from workbench.handlers import Handlers
 from workbench.jobs import RunManager, pid_alive
 from workbench.locations import Locations, WorkbenchError, check_run_name
+from workbench.run_form import config_data
 
 
 def make_handlers(home: str, runs_dir: Path, max_runs: int = 1) -> Handlers:
@@ -71,15 +72,15 @@ def test_advantages_are_plain_data_with_consistent_lengths(h):
     assert len(views.token_table(report)) == n
     title, alts = views.alternatives_view(report, 0)
     assert "Position 0" in title and len(alts) == 5
-    assert len(views.alternatives_figure(report).data) == 1
-    assert len(views.expected_figure(report).data) == 3
+    assert len(figures.alternatives_figure(report).data) == 1
+    assert len(figures.expected_figure(report).data) == 3
 
 
 def test_no_student_means_no_student_columns(h):
     report = h.advantages("which city is nia baker from ?", "lima .", student="")
     assert report["expected_advantage"] is None and report["student_logp"] is None
     assert "student Σ" not in views.summary_markdown(report)
-    assert len(views.expected_figure(report).data) == 2
+    assert len(figures.expected_figure(report).data) == 2
 
 
 def test_a_lora_adapter_teacher_has_its_base_as_reference(h, runs_dir):
@@ -171,7 +172,8 @@ def test_sample_prompt_and_example(h):
 
 
 def test_run_configs_follow_the_recipe_and_the_settings(h, runs_dir):
-    data = h.jobs.config_data(
+    data = config_data(
+        h.loc,
         "x",
         {
             "method": "dckd",
@@ -186,23 +188,23 @@ def test_run_configs_follow_the_recipe_and_the_settings(h, runs_dir):
     assert data["train"]["max_steps"] == 7 and data["train"]["learning_rate"] == 0.01
     assert data["model"]["lora"] is True and data["model"]["lora_r"] == 4
     assert data["data"]["max_examples"] == 16 and data["output_dir"] == str(runs_dir)
-    sft = h.jobs.config_data("y", {"method": "sft", "teacher": "toy:teacher"})
+    sft = config_data(h.loc, "y", {"method": "sft", "teacher": "toy:teacher"})
     assert "teacher" not in sft["model"]  # SFT loads no teacher
-    adpa = h.jobs.config_data("z", {"method": "adpa", "gamma": 0.7, "beta": 2.0})
-    assert adpa["objective"]["gamma"] == 0.7 and adpa["objective"]["beta"] == 2.0
-    assert h.jobs.config_data("d", {"method": "dpo", "beta": 0.2})["objective"]["beta_dpo"] == 0.2
+    adpa = config_data(h.loc, "z", {"method": "adpa", "gamma": 0.7, "beta": 2.0, "alpha": None})
+    assert adpa["objective"]["gamma"] == 0.7 and adpa["objective"]["beta"] == 2.0  # alpha: unused, hidden
+    assert config_data(h.loc, "d", {"method": "dpo", "beta": 0.2})["objective"]["beta_dpo"] == 0.2
 
 
 def test_adpa_plus_starts_from_a_finished_dckd_run(h, runs_dir):
     with pytest.raises(WorkbenchError, match="finished DCKD run"):
-        h.jobs.config_data("p", {"method": "adpa_plus"})
+        config_data(h.loc, "p", {"method": "adpa_plus"})
     with pytest.raises(WorkbenchError, match="is a sft run"):
-        h.jobs.config_data("p", {"method": "adpa_plus", "dckd_run": "sft-done"})
+        config_data(h.loc, "p", {"method": "adpa_plus", "dckd_run": "sft-done"})
     fake = RunDir(runs_dir / "fake-dckd")  # what a finished DCKD run looks like on disk
     (fake.final_dir).mkdir(parents=True)
     fake.config_path.write_text("objective:\n  method: dckd\n")
     fake.set_status("completed", step=1, max_steps=1)
-    data = h.jobs.config_data("p", {"method": "adpa_plus", "dckd_run": "fake-dckd"})
+    data = config_data(h.loc, "p", {"method": "adpa_plus", "dckd_run": "fake-dckd"})
     assert data["model"]["student"] == str(fake.path)
     assert "fake-dckd" in h.run_names("dckd", finished=True)
 

@@ -17,6 +17,7 @@ import gradio as gr
 from adpa_core.paths import TOY_MODELS, adpa_home, toy_dir
 
 from . import run_views
+from .cache import settle
 from .handlers import Handlers
 from .jobs import RunManager
 from .locations import Locations
@@ -54,12 +55,14 @@ def build_app(
             align = align_tab(h)
             chat = chat_tab(h, adv, tabs)
         filled = [align.watch, align.runs, align.dckd_run, chat.run, adv.prompt, adv.response, chat.prompt]
-        app.load(guard(lambda: on_load(h)), None, filled, api_visibility="private").then(
+        filled.append(align.name)
+        app.load(guard(lambda m: on_load(h, m)), [align.method], filled, api_visibility="private").then(
             guard(lambda *a: adv.compute_fn(*a) if a[0] and a[1] else (gr.update(),) * len(adv.outputs)),
             adv.inputs,
             adv.outputs,
             api_visibility="private",
         )
+    settle()
     return app
 
 
@@ -101,20 +104,23 @@ def serve(
     launch(app, host, port, share, quiet=not share)  # Gradio prints the share link itself
 
 
-def on_load(h: Handlers) -> tuple[Any, ...]:
+def on_load(h: Handlers, method: str = "adpa") -> tuple[Any, ...]:
     """After a page (re)load everything comes from disk: the run shown is the active one, else the newest;
-    the chat compares with the newest finished run; the prompts start with a toy example (a rude reply)."""
+    ADPA+ starts from the newest finished DCKD run; the chat compares with the newest finished run; the
+    prompts start with a toy example (a rude reply); the run name is a fresh one (never a taken one)."""
     rows = h.list_runs()
     active = [r["name"] for r in rows if r["display"] in ("queued", "running")]
     names = [r["name"] for r in rows]
     finished = h.run_names(finished=True)
+    dckd = h.run_names("dckd", finished=True)
     example = h.example()
     return (
         gr.update(choices=names, value=(active or names or [None])[0]),
         run_views.runs_table(rows),
-        gr.update(choices=h.run_names("dckd", finished=True)),
+        gr.update(choices=dckd, value=dckd[0] if dckd else None),
         gr.update(choices=finished, value=finished[0] if finished else None),
         example["prompt"],
         example["response"],
         example["prompt"],
+        h.fresh_run_name(method or "adpa"),
     )

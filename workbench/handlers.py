@@ -20,7 +20,9 @@ from adpa_core.runs import RunDir
 
 from .cache import ModelCache
 from .jobs import RunManager
-from .locations import Locations, WorkbenchError
+from .locations import Locations, WorkbenchError, one_line, positive
+from .run_form import check_models, fresh_run_name
+from .vocab import known_case, vocabulary_notes
 
 TOY = {"teacher": "toy:teacher", "teacher_ref": "toy:teacher_ref", "student": "toy:student"}
 TOY_PROMPTS = "toy:prompts"
@@ -166,30 +168,37 @@ class Handlers:
         support: str = "full",
         support_k: int = 20,
     ) -> dict[str, Any]:
-        """`AdvantageReport.to_dict()` of (prompt, response) plus `worst` (the most negative positions) and
-        `models` (what was loaded). Without a student: no student probabilities or expected advantage."""
+        """`AdvantageReport.to_dict()` of (prompt, response) plus `worst` (the most negative positions),
+        `unknown` (tokens read as the unknown token) and `models` (what was loaded). Words the tokenizer
+        knows only in lower case are lower-cased first (said in `notes`). Without a student: no student
+        probabilities or expected advantage."""
         from adpa_core.advantage import check_response, prompt_messages, response_advantages
         from adpa_core.models import check_tokenizer_contract
 
-        messages = prompt_messages(prompt or "")
+        prompt_messages(prompt or "")
         check_response(response or "")
+        beta = positive(beta, "β")
         pair, tokenizer = self.teacher_pair(teacher, teacher_ref)
         model = None
         if (student or "").strip():
             model, student_tok = self.inference_model(student)
             check_tokenizer_contract(tokenizer, student_tok, ("teacher", "student"))
+        prompt, lowered = known_case(tokenizer, prompt)
+        response, lowered_reply = known_case(tokenizer, response)
         report = response_advantages(
             pair,
             tokenizer,
-            messages,
+            prompt_messages(prompt),
             response,
-            beta=float(beta),
+            beta=beta,
             k=int(k),
             student=model,
             support=support,
-            support_k=int(support_k),
+            support_k=int(positive(support_k, "k of that top-k")) if support == "topk" else 20,
         )
         out = report.to_dict()
+        out["unknown"], notes = vocabulary_notes(tokenizer, prompt, report.token_ids, lowered + lowered_reply)
+        out["notes"] = notes + out["notes"]
         out["worst"] = report.worst(5)
         out["models"] = {"teacher": teacher, "teacher_ref": teacher_ref or None, "student": student or None}
         return out
@@ -225,8 +234,21 @@ class Handlers:
         for part in self.stream(prompt, model, max_new_tokens):
             part["model"] = model
             if part["done"] and (reward or "").strip():
-                part["score"] = self.score_response(prompt, part["text"], reward, part["stopped"])
+                try:  # a reward that cannot load must not hide the reply (check_reward says why, once)
+                    part["score"] = self.score_response(prompt, part["text"], reward, part["stopped"])
+                except (ValueError, OSError) as exc:
+                    part["score_error"] = one_line(exc)
             yield part
+
+    def check_reward(self, spec: str) -> str:
+        """'' when the reward `spec` loads (it stays cached), else why not, in one line."""
+        if not (spec or "").strip():
+            return ""
+        try:
+            self.reward_fn(spec)
+        except (ValueError, OSError) as exc:
+            return f"Reward {spec.strip()!r}: {one_line(exc)}"
+        return ""
 
     def score_response(
         self, prompt: str, response: str, reward: str = "toy", stopped: bool = True
@@ -262,7 +284,24 @@ class Handlers:
 
     # ------------------------------------------------------------ runs
     def start_run(self, settings: dict[str, Any]) -> dict[str, Any]:
-        return self.jobs.start(settings)
+        """Starts a run from the Align form's settings, once the config validates as in `adpa train` and
+        its models resolve (run_form.check_models); a WorkbenchError names the field otherwise."""
+        return self.jobs.start(settings, check=self.check_models)
+
+    def check_models(self, cfg: Any) -> None:
+        check_models(cfg, self.model_config, self.tokenizer)
+
+    def model_config(self, name: str) -> Any:
+        """The transformers config of a model (cached; loads no weights)."""
+        from adpa_core.models import model_config
+
+        return self.cache.get((name, "config"), lambda: model_config(name))
+
+    def fresh_run_name(self, method: str) -> str:
+        return fresh_run_name(method, self.loc.runs_dir)
+
+    def run_log(self, name: str) -> str | None:
+        return self.jobs.log_copy(name)
 
     def cancel_run(self, name: str) -> dict[str, Any]:
         return self.jobs.cancel(name)

@@ -9,31 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from adpa_core.config import METHODS, TEACHER_METHODS, config_from_dict, save_config
+from adpa_core.config import RunConfig, save_config
 from adpa_core.runs import RunDir, list_runs
 
 from .locations import Locations, WorkbenchError, check_run_name
+from .run_form import build_config, run_method
 
-RECIPES = Path(__file__).resolve().parent.parent / "configs" / "toy"
 ACTIVE = ("queued", "running")
 LOG_NAME = "train.log"
-# The toy recipe's settings when configs/toy is not shipped (e.g. an installed package).
-FALLBACK_RECIPE: dict[str, Any] = {
-    "model": {"student": "toy:student", "teacher": "toy:teacher", "teacher_ref": "toy:teacher_ref"},
-    "data": {"train": "toy:preferences", "max_length": 128, "max_prompt_length": 64},
-    "objective": {},
-    "train": {"max_steps": 300, "batch_size": 32, "learning_rate": 1e-3, "warmup_ratio": 0.05},
-}
 
 
 def pid_alive(pid: Any) -> bool:
@@ -52,18 +46,6 @@ def pid_alive(pid: Any) -> bool:
     return True
 
 
-def recipe(method: str) -> dict[str, Any]:
-    """The toy recipe of `method` (configs/toy/<method>.yaml) as plain data."""
-    if method not in METHODS:
-        raise WorkbenchError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    path = RECIPES / f"{method}.yaml"
-    if path.is_file():
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    data = {k: dict(v) for k, v in FALLBACK_RECIPE.items()}
-    data["objective"]["method"] = method
-    return data
-
-
 class RunManager:
     """Starts, watches and cancels runs under `locations.runs_dir`; at most `max_concurrent` at a time."""
 
@@ -78,14 +60,17 @@ class RunManager:
     # ------------------------------------------------------------ reading
     def status(self, name: str) -> dict[str, Any]:
         """status.json of a run plus `name`, `method`, `alive`, `display` (the state to show: `crashed` for
-        a dead process that never finished), `eta_s` counted down to now, `metrics` and `log_tail`."""
+        a dead process that never finished), `eta_s` counted down to now, `metrics`, and for a run that
+        failed or crashed `error_line` (one line) and `log` (its train.log, which holds any traceback)."""
         run = RunDir(self.loc.run_dir(name))
         if not run.exists():
             raise WorkbenchError(f"there is no run named {name!r} in {self.loc.runs_dir}")
         out = self._summary(run)
         out["metrics"] = run.read_metrics()
         if out["display"] in ("failed", "crashed"):
-            out["log_tail"] = _tail(run.path / LOG_NAME)
+            out["error_line"] = error_line(run, out)
+            log = run.path / LOG_NAME
+            out["log"] = str(log) if log.is_file() else None
         return out
 
     def list(self) -> list[dict[str, Any]]:
@@ -121,16 +106,20 @@ class RunManager:
             **status,
             "name": name,
             "path": str(run.path),
-            "method": _method(run),
+            "method": run_method(run),
             "alive": alive,
             "display": display,
             "eta_s": eta if display == "running" else None,
         }
 
     # ------------------------------------------------------------ starting and stopping
-    def start(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """Writes runs/<name>/config.yaml from the method's recipe and `settings`, marks it queued and
-        starts `adpa train` on it. Refuses a run while `max_concurrent` others are active."""
+    def start(
+        self, settings: dict[str, Any], check: Callable[[RunConfig], None] | None = None
+    ) -> dict[str, Any]:
+        """Writes runs/<name>/config.yaml from the method's recipe and the form's `settings`, marks it
+        queued and starts `adpa train` on it. Before anything is written the config is validated as
+        `adpa train` does (`run_form.build_config`) and by `check` (e.g. the models resolve). Refuses a run
+        while `max_concurrent` others are active."""
         name = check_run_name(settings.get("name"))
         run = RunDir(self.loc.runs_dir / name)
         with self._lock:
@@ -146,7 +135,9 @@ class RunManager:
                 )
             if run.path.exists():
                 raise WorkbenchError(f"a run named {name!r} already exists; choose another name")
-            cfg = config_from_dict(self.config_data(name, settings))
+            cfg = build_config(self.loc, name, settings)
+            if check is not None:
+                check(cfg)
             run.path.mkdir(parents=True)
             save_config(cfg, run.config_path)
             run.set_status("queued", step=0, max_steps=cfg.train.max_steps, error=None)
@@ -161,49 +152,6 @@ class RunManager:
             **self._summary(run),
         }
 
-    def config_data(self, name: str, s: dict[str, Any]) -> dict[str, Any]:
-        """The run config as plain data: the method's recipe with the user's settings applied."""
-        method = s.get("method") or "sft"
-        data = recipe(method)
-        data["name"], data["output_dir"] = name, str(self.loc.runs_dir)
-        model, obj, train = data.setdefault("model", {}), data.setdefault("objective", {}), data["train"]
-        obj["method"] = method
-        for key in ("student", "teacher", "teacher_ref"):
-            if s.get(key):
-                model[key] = self.loc.source(s[key], key.replace("_", " "))
-        if method not in TEACHER_METHODS:
-            for key in ("teacher", "teacher_ref", "teacher_adapter"):
-                model.pop(key, None)
-        if method == "adpa_plus":
-            model["student"] = self._dckd_student(s.get("dckd_run"))
-        if s.get("data"):
-            data["data"]["train"] = self.loc.source(s["data"], "training data")
-        steps = int(s.get("steps") or train.get("max_steps", 100))
-        train["max_steps"] = steps
-        train["log_every"] = int(s.get("log_every") or max(1, steps // 100))  # ~100 points per curve
-        if s.get("learning_rate"):
-            train["learning_rate"] = float(s["learning_rate"])
-        if s.get("max_examples"):
-            data["data"]["max_examples"] = int(s["max_examples"])
-        _objective_settings(method, obj, s)
-        rank = int(s.get("lora_rank") or 0)
-        if rank > 0:
-            model.update(lora=True, lora_r=rank, lora_alpha=2 * rank)
-        return data
-
-    def _dckd_student(self, dckd_run: str | None) -> str:
-        if not dckd_run:
-            raise WorkbenchError("ADPA+ starts from a finished DCKD run: train DCKD first, then pick it")
-        run = RunDir(self.loc.run_dir(dckd_run))
-        cfg_method = _method(run)
-        if cfg_method != "dckd" or not run.final_dir.is_dir():
-            state = run.read_status().get("state", "missing")
-            raise WorkbenchError(
-                f"ADPA+ needs a finished DCKD run; {dckd_run!r} is a {cfg_method or 'missing'} run "
-                f"(state {state})"
-            )
-        return str(run.path)
-
     def _spawn(self, run: RunDir) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "adpa_core.cli", "train", str(run.config_path), "--quiet"]
         env = {**os.environ, "ADPA_HOME": str(self.loc.home), "PYTHONUNBUFFERED": "1"}
@@ -216,6 +164,17 @@ class RunManager:
                 env=env,
                 start_new_session=True,  # a reload or an app restart does not stop the run
             )
+
+    def log_copy(self, name: str) -> str | None:
+        """A copy of a run's train.log in the temporary folder (which Gradio may serve), or None."""
+        log = self.loc.run_dir(name) / LOG_NAME
+        if not log.is_file():
+            return None
+        folder = Path(tempfile.gettempdir()) / "adpa-workbench-logs"
+        folder.mkdir(exist_ok=True)
+        copy = folder / f"{name}-{LOG_NAME}"
+        shutil.copyfile(log, copy)
+        return str(copy)
 
     def cancel(self, name: str) -> dict[str, Any]:
         """Sends SIGTERM to the run's process; the CLI turns it into a clean `cancelled` state."""
@@ -243,47 +202,16 @@ class RunManager:
             time.sleep(0.2)
 
 
-def _objective_settings(method: str, obj: dict[str, Any], s: dict[str, Any]) -> None:
-    """alpha: the KL weights (kd, dckd); gamma: the ADPA weight; beta: the advantage or DPO temperature."""
-    if s.get("alpha") is not None and method in ("kd", "dckd"):
-        obj["w_kl_chosen"] = float(s["alpha"])
-        if method == "dckd":
-            obj["w_kl_rejected"] = float(s["alpha"])
-    if s.get("gamma") is not None and method in ("adpa", "adpa_plus"):
-        obj["gamma"] = float(s["gamma"])
-    if s.get("beta") is not None:
-        if method in ("adpa", "adpa_plus"):
-            obj["beta"] = float(s["beta"])
-        elif method == "dpo":
-            obj["beta_dpo"] = float(s["beta"])
-
-
-def _method(run: RunDir) -> str | None:
+def error_line(run: RunDir, status: dict[str, Any]) -> str:
+    """Why a run failed, in one line: its status error, else the log's last `error:` or final line (the
+    exception, never the traceback above it)."""
+    if status.get("error"):
+        return " ".join(str(status["error"]).split())[:500]
     try:
-        data = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
-        return data["objective"]["method"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return None
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        lines = [ln.strip() for ln in (run.path / LOG_NAME).read_text(errors="replace").splitlines()]
     except OSError:
-        return ""
-
-
-def method_defaults(method: str) -> dict[str, Any]:
-    """The settings the Align tab shows for `method`: its recipe's steps and learning rate, and the
-    objective's alpha (KL weight), gamma (ADPA weight) and beta (advantage scale; beta_dpo for DPO)."""
-    from adpa_core.config import ObjectiveConfig
-
-    data = recipe(method)
-    obj = ObjectiveConfig(**{**data.get("objective", {}), "method": method})
-    return {
-        "steps": int(data["train"]["max_steps"]),
-        "learning_rate": float(data["train"]["learning_rate"]),
-        "alpha": obj.w_kl_chosen,
-        "gamma": obj.gamma,
-        "beta": obj.beta_dpo if method == "dpo" else obj.beta,
-    }
+        lines = []
+    lines = [ln.split("\r")[-1] for ln in lines if ln]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    last = (errors or lines or [""])[-1][:500]
+    return f"the training process ended without a final state{': ' + last if last else ''}"

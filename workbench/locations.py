@@ -7,9 +7,11 @@ extra model folder given at launch. `toy:` names and hub ids (owner/name) pass t
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -18,6 +20,22 @@ TOY_PREFIX = "toy:"
 
 class WorkbenchError(ValueError):
     """A request the workbench refuses, with a message that says what to change."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line (library messages may span several)."""
+    return " ".join(str(exc).split())
+
+
+def positive(value: Any, label: str) -> float:
+    """`value` as a positive number; a WorkbenchError naming the field when it is empty or not > 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise WorkbenchError(f"{label} is empty or not a number: give a positive number") from None
+    if not (math.isfinite(number) and number > 0):
+        raise WorkbenchError(f"{label}={value}: give a positive number")
+    return number
 
 
 def check_run_name(name: str | None) -> str:

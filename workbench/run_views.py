@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from .views import empty_figure, esc, figure_layout
+from .figures import empty_figure, figure_layout
+from .views import esc
 
 LOSS_TERMS = ("loss", "nll", "kl_chosen", "kl_rejected", "adpa", "dpo")
 STATE_COLOURS = {
@@ -25,7 +26,9 @@ STATE_COLOURS = {
 
 
 def progress_html(summary: dict[str, Any] | None) -> str:
-    """A progress bar: state, step / max_steps, percent, ETA and the last loss; the error of a failed run."""
+    """A progress bar: state, step / max_steps, percent, ETA and the last loss; before step 1 the
+    preparation phase with its own progress (ADPA: the student's replies y_hat); for a run that failed,
+    why in one line (its traceback stays in the log offered below)."""
     if not summary:
         return (
             "<div id='run-progress' style='opacity:.7'>No run selected. Start one, or pick a past run.</div>"
@@ -41,27 +44,48 @@ def progress_html(summary: dict[str, Any] | None) -> str:
         f"step <span class='run-step'>{step}</span> / {total}",
         f"{pct:.0f}%",
     ]
-    if state == "running" and step == 0:
-        bits.append("preparing: loading models and data (ADPA: the student's own replies first)")
     if summary.get("eta_s") is not None:
         bits.append(f"ETA {format_seconds(summary['eta_s'])}")
     if summary.get("loss") is not None:
         bits.append(f"loss {float(summary['loss']):.4f}")
     colour = STATE_COLOURS.get(state, "#7f7f7f")
-    bar = (
-        f"<div style='background:rgba(127,127,127,.2);border-radius:6px;height:14px;overflow:hidden'>"
-        f"<div style='width:{pct:.1f}%;height:100%;background:{colour};transition:width .5s'></div></div>"
-    )
-    extra = ""
+    extra = phase_html(summary) if state in ("queued", "running") and step == 0 else ""
     if state in ("failed", "crashed"):
-        why = summary.get("error") or "the training process ended without a final state"
-        extra = f"<div style='color:#d62728;margin-top:6px'>{esc(why)}</div>"
-        if summary.get("log_tail"):
-            log = esc(summary["log_tail"])
-            extra += f"<pre style='font-size:.75em;max-height:160px;overflow:auto'>{log}</pre>"
+        why = summary.get("error_line") or summary.get("error") or "the training process ended early"
+        extra = (
+            f"<div class='run-error' style='color:#d62728;margin-top:6px'>{esc(why)}</div>"
+            "<div style='font-size:.8em;opacity:.8'>The full log (with any traceback) is below.</div>"
+        )
     return (
         f"<div id='run-progress' data-state='{esc(state)}' data-step='{step}'>"
-        f"<div style='margin-bottom:6px'>{' · '.join(bits)}</div>{bar}{extra}</div>"
+        f"<div style='margin-bottom:6px'>{' · '.join(bits)}</div>{_bar(pct, colour)}{extra}</div>"
+    )
+
+
+def phase_html(summary: dict[str, Any]) -> str:
+    """What a run does before its first step: loading, or a phase with its own count and ETA."""
+    done, total = summary.get("phase_done"), summary.get("phase_total")
+    if summary.get("phase") != "y_hat" or not total:
+        note = "loading models and data"
+        if summary.get("method") in ("adpa", "adpa_plus"):
+            note += ", then the student's own replies (y_hat)"
+        return f"<div class='run-phase' style='margin-top:6px'>preparing: {note}…</div>"
+    eta = summary.get("phase_eta_s")
+    if eta is not None:  # written at the last batch: count it down to now
+        eta = max(0.0, float(eta) - (time.time() - float(summary.get("updated_at", time.time()))))
+    text = f"preparing: the student's own replies (y_hat) {done} / {total} prompts"
+    text += f" · ETA {format_seconds(eta)}" if eta is not None and done else ""
+    return (
+        f"<div class='run-phase' data-done='{done}' style='margin-top:6px'>{text}</div>"
+        f"{_bar(100.0 * int(done or 0) / int(total), '#9467bd', 6)}"
+    )
+
+
+def _bar(pct: float, colour: str, height: int = 14) -> str:
+    return (
+        f"<div style='background:rgba(127,127,127,.2);border-radius:6px;height:{height}px;overflow:hidden;"
+        f"margin-top:4px'><div style='width:{pct:.1f}%;height:100%;background:{colour};"
+        "transition:width .5s'></div></div>"
     )
 
 
@@ -132,6 +156,8 @@ def score_markdown(part: dict[str, Any] | None) -> str:
         return "*generating…*"
     score = part.get("score")
     stop = "" if part.get("stopped") else " · did not stop (hit the token limit)"
+    if part.get("score_error"):
+        return f"{part.get('tokens', 0)} tokens{stop} · no reward (see the note above)"
     if not score:
         return f"{part.get('tokens', 0)} tokens{stop}"
     marks = " · ".join(f"{'✓' if v else '✗'} {k}" for k, v in score["details"].items() if v is not None)

@@ -1,8 +1,9 @@
-"""Formatting only: the handlers' plain data -> HTML, tables (pandas) and plotly figures.
+"""Formatting only: the handlers' plain data -> HTML and tables (pandas); plotly figures are in figures.py.
 
 Every piece of text that came from a user, a dataset or a model is passed through `html.escape` before it
 enters HTML, so a prompt or reply holding `<script>` shows as text. Colours: red = the teacher dislikes the
-token (negative advantage), blue = it prefers it (positive); the same diverging scale everywhere.
+token (negative advantage), blue = it prefers it (positive), on one fixed symmetric scale ±`scale` that the
+user picks (the same for every reply, so a +0.3 never looks as strong as a -3.7; beyond it colours saturate).
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-import plotly.graph_objects as go
 
 NEG, POS = (202, 0, 32), (5, 113, 176)  # the ends of plotly's "RdBu" scale
-COLORSCALE = [[0.0, "rgb(202,0,32)"], [0.5, "rgb(247,247,247)"], [1.0, "rgb(5,113,176)"]]
+SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # |A| shown at full colour, in nats times beta
+DEFAULT_SCALE = 2.0
+MEANINGFUL = 0.1  # a token is outlined as the most negative only when A <= -MEANINGFUL * scale
 
 
 def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
+
+
+def code(text: str) -> str:
+    """Inline code for Markdown that allows HTML: escaped once, so `<unk>` shows as <unk>."""
+    return f"<code>{esc(text)}</code>"
 
 
 def show_token(token: str) -> str:
@@ -32,11 +39,11 @@ def show_token(token: str) -> str:
 # ---------------------------------------------------------------- advantages
 
 
-def display_scale(values: Sequence[float], quantile: float = 0.98) -> list[float]:
-    """`adpa_core.advantage.display_scale`, imported here so this module loads without torch."""
-    from adpa_core.advantage import display_scale as scale
-
-    return scale(values, quantile)
+def unit(value: float, scale: float) -> float:
+    """`value / scale` clipped to [-1, 1] (NaN as 0): the colour position on the fixed scale."""
+    if math.isnan(value):
+        return 0.0
+    return max(-1.0, min(1.0, value / scale))
 
 
 def chip_style(s: float) -> str:
@@ -47,52 +54,89 @@ def chip_style(s: float) -> str:
     return f"background: rgba({r},{g},{b},{0.06 + 0.84 * a:.2f}); color: {text};"
 
 
-def heatmap_html(report: dict[str, Any]) -> str:
-    """The reply as coloured token chips, each with its advantage under it and every number in a tooltip."""
+def outlined(report: dict[str, Any], scale: float) -> int | None:
+    """The position of the most negative token when its advantage is meaningfully negative, else None."""
+    adv = report["advantage"]
+    worst = min(range(len(adv)), key=adv.__getitem__)
+    return worst if adv[worst] <= -MEANINGFUL * scale else None
+
+
+def token_detail(report: dict[str, Any], t: int) -> str:
+    """Every number of position `t` on one line (the chip's tooltip, label and keyboard detail)."""
+    parts = [f"position {t}: {show_token(report['tokens'][t])!r}", f"A = {report['advantage'][t]:+.4f}"]
+    parts.append(f"log π_dpo = {report['logp_dpo'][t]:.3f}")
+    if report.get("logp_ref") is not None:
+        parts.append(f"log π_ref = {report['logp_ref'][t]:.3f}")
+    if report.get("student_logp") is not None:
+        parts.append(f"π_student = {math.exp(report['student_logp'][t]):.3f}")
+    return " · ".join(parts)
+
+
+def heatmap_html(report: dict[str, Any], scale: float = DEFAULT_SCALE) -> str:
+    """The reply as coloured token chips on the fixed scale ±`scale`, each with its advantage under it.
+
+    Chips are focusable buttons (data-pos = the position): clicking one, or Enter on it, selects that
+    position (tabs/advantages.py); its numbers are in its label and tooltip, and shown on focus.
+    """
     if not report or not report.get("tokens"):
         return "<div id='adv-heatmap-empty' style='opacity:.7'>Compute advantages to see the heatmap.</div>"
-    adv, tokens = report["advantage"], report["tokens"]
-    scaled = display_scale(adv)
-    worst = min(range(len(adv)), key=adv.__getitem__)
+    worst = outlined(report, scale)
     chips = []
-    for t, (token, a, s) in enumerate(zip(tokens, adv, scaled, strict=True)):
-        tip = f"position {t}: {token!r}\nA(s_t, y_t) = {a:+.4f}\nlog pi_dpo = {report['logp_dpo'][t]:.3f}"
-        if report.get("logp_ref") is not None:
-            tip += f"\nlog pi_ref = {report['logp_ref'][t]:.3f}"
-        if report.get("student_logp") is not None:
-            tip += f"\npi_student(y_t) = {math.exp(report['student_logp'][t]):.3f}"
-        border = "outline: 2px solid #d62728; outline-offset: 1px;" if t == worst and a < 0 else ""
+    for t, (token, a) in enumerate(zip(report["tokens"], report["advantage"], strict=True)):
+        detail = esc(token_detail(report, t))
+        border = "outline: 2px solid #d62728; outline-offset: 1px;" if t == worst else ""
         chips.append(
-            f"<span class='adv-token' data-pos='{t}' title='{esc(tip)}' style='display:inline-flex;"
-            "flex-direction:column;align-items:center;margin:2px 2px;padding:2px 6px;border-radius:5px;"
-            f"{chip_style(s)}{border}'><span style='white-space:pre;font-weight:600'>{esc(show_token(token))}"
-            f"</span><span style='font-size:0.72em;opacity:.9'>{a:+.2f}</span></span>"
+            f"<span class='adv-token' role='button' tabindex='0' data-pos='{t}' title='{detail}' "
+            f"aria-label='{detail}' style='{chip_style(unit(a, scale))}{border}'>"
+            f"<span class='adv-tok'>{esc(show_token(token))}</span>"
+            f"<span class='adv-val'>{a:+.2f}</span></span>"
         )
     prompt = " ".join(m["content"] for m in report.get("prompt", []) if m.get("role") == "user")
     return (
-        "<div id='adv-heatmap' style='line-height:1.3'>"
+        f"<div id='adv-heatmap' data-scale='{scale:g}' style='line-height:1.3'>{HEATMAP_CSS}"
         f"<div style='font-size:.85em;opacity:.75;margin-bottom:6px'>prompt: {esc(prompt)}</div>"
         f"<div style='display:flex;flex-wrap:wrap;align-items:flex-start'>{''.join(chips)}</div>"
-        f"{_legend()}</div>"
+        f"<div id='adv-token-detail' aria-live='polite' style='font-size:.8em;min-height:1.3em;"
+        f"margin-top:6px'></div>{legend(scale, worst is not None)}</div>"
     )
 
 
-def _legend() -> str:
-    r, g, b = NEG
-    r2, g2, b2 = POS
+HEATMAP_CSS = (
+    "<style>#adv-heatmap .adv-token{display:inline-flex;flex-direction:column;align-items:center;"
+    "margin:2px;padding:2px 6px;border-radius:5px;cursor:pointer}"
+    "#adv-heatmap .adv-token:focus-visible{box-shadow:0 0 0 3px #ff9900}"
+    "#adv-heatmap .adv-tok{white-space:pre;font-weight:600}"
+    "#adv-heatmap .adv-val{font-size:.72em;opacity:.9}</style>"
+)
+
+
+def legend(scale: float, outline: bool) -> str:
+    """The fixed colour scale with its numbers: -scale, -scale/2, 0, +scale/2, +scale."""
+    (r, g, b), (r2, g2, b2) = NEG, POS
     bar = f"linear-gradient(90deg, rgb({r},{g},{b}), rgba(247,247,247,0.4), rgb({r2},{g2},{b2}))"
+    ticks = "".join(
+        f"<span style='position:absolute;left:{25 * i}%;transform:translateX(-50%)'>{v:+g}</span>"
+        for i, v in enumerate((-scale, -scale / 2, 0, scale / 2, scale))
+    ).replace(">+0<", ">0<")
+    note = (
+        f"outlined: the most negative token (A ≤ {-MEANINGFUL * scale:+g})"
+        if outline
+        else f"no token at A ≤ {-MEANINGFUL * scale:+g}, so none is outlined"
+    )
     return (
-        "<div style='display:flex;align-items:center;gap:8px;font-size:.78em;opacity:.85;margin-top:8px'>"
-        "<span>teacher dislikes (A &lt; 0)</span>"
-        "<span style='display:inline-block;width:140px;height:10px;border-radius:5px;"
-        f"background:{bar}'></span>"
-        "<span>teacher prefers (A &gt; 0)</span><span>· outlined: the most negative token · "
-        "hover a token for its numbers</span></div>"
+        "<div id='adv-legend' style='display:flex;align-items:flex-start;gap:10px;font-size:.78em;"
+        "margin-top:8px'><span>teacher dislikes (A &lt; 0)</span>"
+        "<span style='display:inline-block;width:220px'>"
+        f"<span style='display:block;height:10px;border-radius:5px;background:{bar}'></span>"
+        f"<span class='adv-ticks' style='display:block;position:relative;height:1.2em'>{ticks}</span></span>"
+        f"<span>teacher prefers (A &gt; 0)</span><span>· fixed scale ±{scale:g} (beyond it the colour "
+        f"saturates) · {note} · click or Tab to a token to inspect it</span></div>"
     )
 
 
-def summary_markdown(report: dict[str, Any]) -> str:
-    """The sequence total (the DPO implicit reward), the worst tokens and the mean expected advantages."""
+def summary_markdown(report: dict[str, Any], scale: float = DEFAULT_SCALE) -> str:
+    """The sequence total (the DPO implicit reward), the meaningfully negative tokens, the mean expected
+    advantages, the support they run over, and the report's notes (cuts, context, unknown tokens)."""
     if not report or not report.get("tokens"):
         return ""
     what = "β·log π_dpo(y|x)" if report["no_reference"] else "β·(log π_dpo(y|x) − log π_ref(y|x))"
@@ -100,18 +144,19 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"**Sequence total (DPO implicit reward)** {what} = **{report['total']:+.3f}** "
         f"over {len(report['tokens'])} tokens (β = {report['beta']:g})"
     ]
-    worst = report.get("worst") or []
+    worst = [w for w in report.get("worst") or [] if w["advantage"] <= -MEANINGFUL * scale]
     if worst:
-        lines.append(
-            "Most negative: "
-            + ", ".join(
-                f"`{esc(show_token(w['token']))}` {w['advantage']:+.2f} (pos {w['index']})" for w in worst[:3]
-            )
-        )
+        shown = [f"{code(show_token(w['token']))} {w['advantage']:+.2f} (pos {w['index']})" for w in worst]
+        lines.append("Most negative: " + ", ".join(shown[:3]))
     if report.get("expected_advantage") is not None:
         stu, tea = _mean(report["expected_advantage"]), _mean(report["teacher_expected_advantage"])
+        support = (
+            f"the DPO teacher's top {report.get('support_k')} tokens"
+            if report.get("support") == "topk"
+            else "the full vocabulary"
+        )
         lines.append(
-            f"Mean expected advantage per token: student Σ π_θ(a)·A(a) = {stu:+.3f}, "
+            f"Mean expected advantage per token over {support}: student Σ π_θ(a)·A(a) = {stu:+.3f}, "
             f"DPO teacher = {tea:+.3f} (ADPA raises the student's)"
         )
     lines += [f"Note: {esc(n)}" for n in report.get("notes", [])]
@@ -181,7 +226,7 @@ def alternatives_view(report: dict[str, Any], position: int) -> tuple[str, pd.Da
         for j, a in enumerate(report["alternatives"][t])
     ]
     title = (
-        f"**Position {t}**: the reply has `{esc(show_token(report['tokens'][t]))}` "
+        f"**Position {t}**: the reply has {code(show_token(report['tokens'][t]))} "
         f"(A = {report['advantage'][t]:+.3f}); the DPO teacher's top {len(rows)} tokens here "
         "(◆ the reply's token):"
     )
@@ -190,123 +235,3 @@ def alternatives_view(report: dict[str, Any], position: int) -> tuple[str, pd.Da
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
-
-def _position_labels(report: dict[str, Any]) -> list[str]:
-    return [f"{t}:{show_token(tok)}" for t, tok in enumerate(report["tokens"])]
-
-
-def alternatives_figure(report: dict[str, Any]) -> go.Figure:
-    """Positions × the teacher's top-k alternatives, coloured by advantage, labelled with the tokens; a
-    diamond marks the reply's own token when it is among them."""
-    if not report or not report.get("tokens"):
-        return empty_figure("Compute advantages to see the alternatives")
-    labels = _position_labels(report)
-    k = max(len(a) for a in report["alternatives"])
-    z = [[_cell(report["alternatives"][t], j, "advantage") for t in range(len(labels))] for j in range(k)]
-    text = [
-        [show_token(_cell(report["alternatives"][t], j, "token") or "") for t in range(len(labels))]
-        for j in range(k)
-    ]
-    bound = max((abs(v) for row in z for v in row if v is not None), default=1.0) or 1.0
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=labels,
-            y=[f"#{j + 1}" for j in range(k)],
-            text=text,
-            texttemplate="%{text}",
-            textfont={"size": 10},
-            colorscale=COLORSCALE,
-            zmin=-bound,
-            zmax=bound,
-            zmid=0,
-            colorbar={"title": {"text": "A(s,a)"}},
-            hovertemplate="position %{x}<br>alternative %{y}: %{text}<br>A = %{z:+.3f}<extra></extra>",
-        )
-    )
-    for t, alts in enumerate(report["alternatives"]):  # a frame around the reply's own token
-        for j, a in enumerate(alts):
-            if a["token_id"] == report["token_ids"][t]:
-                fig.add_shape(
-                    type="rect",
-                    x0=t - 0.5,
-                    x1=t + 0.5,
-                    y0=j - 0.5,
-                    y1=j + 0.5,
-                    line={"color": "#111", "width": 2.5},
-                )
-    fig.update_layout(
-        title="The DPO teacher's top alternatives per position (framed: the reply's token)",
-        yaxis={"autorange": "reversed", "title": "rank"},
-        xaxis={"title": "position: token", "tickangle": -45},
-        showlegend=False,
-        **figure_layout(120 + 34 * k),
-    )
-    return fig
-
-
-def _cell(alts: list[dict[str, Any]], j: int, key: str) -> Any:
-    return alts[j][key] if j < len(alts) else None
-
-
-def expected_figure(report: dict[str, Any]) -> go.Figure:
-    """Per position: the reply token's advantage (bars) and the student's and teacher's expected advantage."""
-    if not report or not report.get("tokens"):
-        return empty_figure("Compute advantages to see the expected advantages")
-    labels = _position_labels(report)
-    colours = [f"rgb{NEG}" if a < 0 else f"rgb{POS}" for a in report["advantage"]]
-    fig = go.Figure(
-        go.Bar(
-            x=labels,
-            y=report["advantage"],
-            name="A(s_t, y_t) of the reply's token",
-            marker={"color": colours, "opacity": 0.45},
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=labels,
-            y=report["teacher_expected_advantage"],
-            mode="lines+markers",
-            name="teacher Σ π_dpo(a)·A(a)",
-            line={"color": "#2ca02c"},
-        )
-    )
-    if report.get("expected_advantage") is not None:
-        fig.add_trace(
-            go.Scatter(
-                x=labels,
-                y=report["expected_advantage"],
-                mode="lines+markers",
-                name="student Σ π_θ(a)·A(a)",
-                line={"color": "#9467bd", "width": 3},
-            )
-        )
-    fig.update_layout(
-        title="Where the student and the teacher disagree (expected advantage per position)",
-        xaxis={"title": "position: token"},
-        yaxis={"title": "advantage", "zeroline": True},
-        legend={"orientation": "h", "y": -0.35},
-        **figure_layout(380),
-    )
-    return fig
-
-
-def empty_figure(message: str) -> go.Figure:
-    fig = go.Figure()
-    fig.add_annotation(
-        text=esc(message),
-        showarrow=False,
-        x=0.5,
-        y=0.5,
-        xref="paper",
-        yref="paper",
-        font={"size": 14, "color": "#888"},
-    )
-    fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, **figure_layout(260))
-    return fig
-
-
-def figure_layout(height: int) -> dict[str, Any]:
-    return {"height": height, "margin": {"l": 50, "r": 20, "t": 50, "b": 60}, "template": "plotly_white"}

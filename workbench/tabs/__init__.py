@@ -31,3 +31,26 @@ def guard(fn: Callable) -> Callable:
             raise gr.Error(str(exc), print_exception=False) from exc
 
     return call
+
+
+def named_range(component: Any) -> Any:
+    """Makes a bounded gr.Number / gr.Slider name itself in its range error: Gradio's own check says only
+    "Value 0 is less than minimum value 1e-06", with no field."""
+    check = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return check(payload)
+        except gr.Error as exc:
+            lo, hi = component.minimum, component.maximum
+            bounds = (
+                f"from {lo:g} to {hi:g}"
+                if lo is not None and hi is not None
+                else (f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
+            )
+            raise gr.Error(
+                f"{component.label}={payload}: give a value {bounds}", print_exception=False
+            ) from exc
+
+    component.preprocess = preprocess
+    return component

@@ -8,7 +8,7 @@ import gradio as gr
 
 from .. import run_views, views
 from ..handlers import TOY, TOY_PROMPTS, Handlers
-from . import guard
+from . import guard, named_range
 
 
 def chat_panel(title: str, elem: str, visible: bool = True) -> SimpleNamespace:
@@ -27,7 +27,13 @@ def chat_panel(title: str, elem: str, visible: bool = True) -> SimpleNamespace:
 def chat_tab(h: Handlers, adv: SimpleNamespace, tabs: gr.Tabs) -> SimpleNamespace:
     with gr.Tab("Chat", id="chat") as tab:
         with gr.Row():
-            prompt = gr.Textbox(label="Prompt", lines=2, scale=4, elem_id="chat-prompt")
+            prompt = gr.Textbox(
+                label="Prompt (Enter compares, Shift+Enter: new line)",
+                lines=1,
+                max_lines=6,
+                scale=4,
+                elem_id="chat-prompt",
+            )
             sample = gr.Button("Sample a prompt", scale=1)
         with gr.Row():
             run = gr.Dropdown(
@@ -35,15 +41,16 @@ def chat_tab(h: Handlers, adv: SimpleNamespace, tabs: gr.Tabs) -> SimpleNamespac
             )
             teacher_too = gr.Checkbox(True, label="Also ask the teacher", scale=1)
             reward = gr.Textbox("toy", label="Reward: toy, or a reward model", scale=2)
-            max_new = gr.Slider(8, 256, value=48, step=8, label="max new tokens", scale=2)
+            max_new = named_range(gr.Slider(8, 256, value=48, step=8, label="max new tokens", scale=2))
         compare = gr.Button("Compare", variant="primary", elem_id="chat-compare")
+        note = gr.Markdown(elem_id="chat-note")  # one message for what all panels share (the reward)
         with gr.Row(equal_height=True):
             before = chat_panel("Student before alignment", "before")
             after = chat_panel("Student after alignment", "after")
             teacher = chat_panel("Teacher", "teacher")
 
     def talk(model: str, heading: str, student: str, p: str, n: float, spec: str):
-        head = f"### {heading}\n`{views.esc(model)}`"
+        head = f"### {heading}\n{views.code(model)}"
         for part in h.chat(p, model, int(n), spec):
             yield head, part["text"], run_views.score_markdown(part), student
 
@@ -65,16 +72,26 @@ def chat_tab(h: Handlers, adv: SimpleNamespace, tabs: gr.Tabs) -> SimpleNamespac
         if on:
             yield from talk(t, "Teacher", h.before_model(r), p, n, spec)
 
+    def reward_note(spec: str) -> str:
+        why = h.check_reward(spec)
+        return f"<span style='color:#d62728'>{views.esc(why)}</span>" if why else ""
+
     outputs = lambda panel: [panel.heading, panel.text, panel.score, panel.student]
     common = [prompt, run, max_new, reward]
-    compare.click(guard(ask_before), common, outputs(before), api_name="chat_student")
-    compare.click(guard(ask_after), common, outputs(after), api_name="chat_aligned")
-    compare.click(
-        guard(ask_teacher),
-        [prompt, adv.teacher, teacher_too, max_new, reward, run],
-        outputs(teacher),
-        api_name="chat_teacher",
+    asks = (
+        (before, ask_before, common, "chat_student"),
+        (after, ask_after, common, "chat_aligned"),
+        (teacher, ask_teacher, [prompt, adv.teacher, teacher_too, max_new, reward, run], "chat_teacher"),
     )
+    for trigger, public in ((compare.click, True), (prompt.submit, False)):
+        trigger(reward_note, reward, note, api_visibility="private", show_progress="hidden")
+        for panel, ask, inputs, name in asks:
+            api = {"api_name": name} if public else {"api_visibility": "private"}
+            asked = trigger(guard(ask), inputs, outputs(panel), **api)
+            # after an error the panel shows no reply of an earlier prompt (its heading stays)
+            asked.failure(
+                lambda: (gr.update(), "", "", gr.update()), None, outputs(panel), api_visibility="private"
+            )
     sample.click(
         guard(lambda: h.sample_prompt(TOY_PROMPTS, "test")["prompt"]), None, prompt, api_visibility="private"
     )
