@@ -17,7 +17,15 @@ import torch
 
 from . import common as C
 
-BENCHMARKS = ("loss_micro", "step_ratio", "trl_peer", "cache_bench", "tokenizer_check", "gpu")
+BENCHMARKS = (
+    "loss_micro",
+    "step_ratio",
+    "trl_peer",
+    "cache_bench",
+    "tokenizer_check",
+    "workbench_figures",
+    "gpu",
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

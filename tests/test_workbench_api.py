@@ -65,6 +65,22 @@ def test_advantages_through_the_api(client):
     assert "implicit reward" in summary and heatmap.count("class='adv-token'") == n
     title, alts = client.predict(report, 0, api_name="/alternatives")
     assert "Position 0" in title and len(alts["data"]) == 5
+    # the last inputs (k of a top-k support, colour scale) have defaults; a given k shows in the summary
+    models = ("toy:teacher", "toy:teacher_ref", "toy:student")
+    out = client.predict(PROMPT, "lima .", *models, 1.0, 5, "topk", 7, 0.5, api_name="/advantages")
+    assert out[0]["support_k"] == 7 and "top 7 tokens" in out[1] and "fixed scale ±0.5" in out[2]
+
+
+def test_errors_name_their_field(client):
+    from gradio_client.exceptions import AppError
+
+    args = [PROMPT, "lima .", "toy:teacher", "toy:teacher_ref", "toy:student"]
+    with pytest.raises(AppError, match=r"β=0: give a value at least 1e-06"):  # Gradio's range check
+        client.predict(*args, 0, 5, "full", api_name="/advantages")
+    with pytest.raises(AppError, match=r"Learning rate: train\.learning_rate=0\.0 must be a positive"):
+        client.predict(*start_run_args("sft", "lr-zero", 2, learning_rate=0), api_name="/start_run")
+    with pytest.raises(AppError, match=r"^Steps is empty"):
+        client.predict(*start_run_args("sft", "no-steps", None), api_name="/start_run")
 
 
 def test_prompts_generation_and_scores_through_the_api(client):
@@ -92,7 +108,8 @@ def test_runs_through_the_api(client):
 
     table = client.predict(api_name="/list_runs")
     assert [row[0] for row in table["data"]] == ["sft-done"]
-    progress, _curve, _table, status = client.predict("sft-done", api_name="/run_status")
+    progress, _curve, _table, status, log = client.predict("sft-done", api_name="/run_status")
+    assert log["visible"] is False and log["value"] is None  # the log is offered for a failed run only
     assert status["display"] == "completed" and status["metrics_rows"] == 2 and "completed" in progress
     assert "not running" in client.predict("sft-done", api_name="/cancel_run")
     with pytest.raises(AppError, match="not valid"):

@@ -1,150 +1,154 @@
-"""The workbench in a real browser (Playwright driving Debian's chromium) on the quick toy world.
+"""The workbench in a real browser (Playwright driving Debian's chromium) on the quick toy world: the
+Advantages and Chat tabs (the Align tab: test_workbench_browser_align.py).
 
-Screenshots go to test-artifacts/ (ignored by git): look at them after a change to the layout.
+Screenshots go to test-artifacts/ (ignored by git): look at them after a change to the layout; the ones
+README shows are copied to docs/screenshots.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-from pathlib import Path
+import time
 
 import pytest
 
-from adpa_core.runs import RunDir
-from tests.workbench_kit import finished_run, free_port
-from workbench.jobs import pid_alive
+from tests.workbench_kit import browser, open_page, served, shot, url  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 CHAT_PROMPT = "hey you , what city is lea webb in ?"  # "hey" prompts draw rude replies from the SFT student
-LONG = 120_000  # ms: model loads and a training subprocess on a busy 2-core machine
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (make browser-deps installs Debian's chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def url(browser, toy_home, tmp_path_factory):
-    from workbench.app import build_app
-
-    runs = tmp_path_factory.mktemp("browser-runs")
-    finished_run(runs, "sft-done", steps=30)
-    app = build_app(toy_home, str(runs))
-    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    ARTIFACTS.mkdir(exist_ok=True)
-    try:
-        yield app.local_url
-    finally:
-        app.close()
-        for run in runs.iterdir():  # a failed test must not leave a training process behind
-            status = RunDir(run).read_status()
-            pid = status.get("pid")
-            if status.get("state") in ("queued", "running") and pid != os.getpid() and pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+LONG_REPLY = " ".join(["lima ."] * 500)  # 1,000 tokens + the end-of-turn token
+ANSWER_S = 5.0  # the longest a long reply may take, click to drawn figures (issue 17)
 
 
 @pytest.fixture
-def page(browser, url):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(LONG)
-    page.goto(url)
-    yield page
-    context.close()
+def page(browser, url):  # noqa: F811
+    with open_page(browser, url) as page:
+        page.wait_for_selector("#adv-heatmap .adv-token")  # the example is computed on load
+        yield page
 
 
-def shot(page, name: str, full_page: bool = True) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
+def chips(page) -> int:
+    return page.locator("#adv-heatmap .adv-token").count()
 
 
-def test_heatmap(page):
-    page.wait_for_selector("#adv-heatmap .adv-token")  # the example is computed on load
+def compute(page, response: str, prompt: str | None = None) -> None:
+    if prompt is not None:
+        page.locator("#adv-prompt textarea").fill(prompt)
+    page.locator("#adv-response textarea").fill(response)
     page.locator("#compute-advantages").click()
+
+
+def test_heatmap_scale_tokens_and_keyboard(page):
     page.wait_for_selector("#adv-alternatives .main-svg")
     page.wait_for_selector("#adv-expected .main-svg")
-    chips = page.locator("#adv-heatmap .adv-token")
-    n = chips.count()
-    assert n > 5 and "A(s_t, y_t) =" in chips.first.get_attribute("title")
+    n = chips(page)
+    first = page.locator("#adv-heatmap .adv-token").first
+    assert n > 5 and "A = " in first.get_attribute("aria-label") and first.get_attribute("tabindex") == "0"
     assert page.locator("#adv-token-table [role=grid]").get_attribute("aria-rowcount") == str(n + 1)
     assert "implicit reward" in page.locator("#adv-summary").inner_text()
+    # the fixed, labelled scale: numbers under the bar, the range said, the plot on the same scale
+    legend = page.locator("#adv-legend").inner_text()
+    assert re.search(r"-2\s+-1\s+0\s+\+1\s+\+2", legend) and "fixed scale ±2" in legend
+    assert "±2" in (page.locator("#adv-alternatives .cbtitle").first.text_content() or "")
     shot(page, "workbench-advantages")
+    page.locator("#adv-scale input").click()
+    page.get_by_role("option", name="0.5", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#adv-legend')?.innerText.includes('±0.5')")
+    # clicking a token selects its position, as a table row does; so does Enter on a focused token
+    page.locator("#adv-heatmap .adv-token").nth(3).click()
+    page.wait_for_function(
+        "() => document.querySelector('#adv-alt-title')?.innerText.includes('Position 3:')"
+    )
+    page.locator("#adv-heatmap .adv-token").nth(5).focus()
+    detail = page.locator("#adv-token-detail").inner_text()
+    assert detail.startswith("position 5: ") and "A = " in detail  # the numbers without hovering
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#adv-alt-title')?.innerText.includes('Position 5:')"
+    )
     page.locator("#adv-token-table [role=row][aria-rowindex='4'] [role=gridcell]").nth(1).click()
-    page.wait_for_function("() => document.body.innerText.includes('Position 2:')")
-    # markup in a prompt or reply is shown as text, never run
-    page.locator("#adv-prompt textarea").fill("<b>bold</b> which city is nia baker from ?")
+    page.wait_for_function(
+        "() => document.querySelector('#adv-alt-title')?.innerText.includes('Position 2:')"
+    )
+    # Enter in the prompt computes; markup in a prompt or reply is shown as text, never run
     page.locator("#adv-response textarea").fill(
         "<script>window.pwned = 1</script> <img src=x onerror=alert(1)>"
     )
-    page.locator("#compute-advantages").click()
+    page.locator("#adv-prompt textarea").fill("<b>bold</b> which city is nia baker from ?")
+    page.locator("#adv-prompt textarea").press("Enter")
     page.wait_for_function("() => document.querySelector('#adv-heatmap').innerText.includes('<b>bold</b>')")
     assert page.evaluate("() => window.pwned === undefined")
     assert page.locator("#adv-heatmap script, #adv-heatmap img, #adv-heatmap b").count() == 0
 
 
-def logged_steps(page) -> int:
-    title = page.locator("#run-curve .gtitle").text_content() or ""
-    found = re.search(r"\((\d+) logged steps\)", title)
-    return int(found.group(1)) if found else 0
+def test_unknown_words_and_errors_clear_old_results(page):
+    compute(page, "Lima , Zorblax .", prompt="Which City is Nia Baker from ?")
+    page.wait_for_function("() => document.querySelector('#adv-summary')?.innerText.includes('<unk>')")
+    summary = page.locator("#adv-summary").inner_text()
+    assert "1 of 5 reply tokens and 0 prompt token(s) are not in the tokenizer's vocabulary" in summary
+    assert "lower-cased 5 word(s)" in summary and "Which → which" in summary and "&lt;" not in summary
+    assert [t.split("\n")[0] for t in page.locator("#adv-heatmap .adv-token").all_inner_texts()[:3]] == [
+        "lima",
+        ",",
+        "<unk>",
+    ]
+    page.locator("#adv-student textarea, #adv-student input").first.fill("toy:nope")
+    page.locator("#compute-advantages").click()
+    page.get_by_text(re.compile("unknown toy model 'toy:nope'")).first.wait_for()
+    page.wait_for_selector("#adv-heatmap-empty")  # the previous reply's results are gone
+    assert chips(page) == 0 and page.locator("#adv-summary").inner_text().strip() == ""
 
 
-def test_align_run_curve_reload_and_cancel(page):
-    page.get_by_role("tab", name="Align").click()
-    page.locator("#run-name textarea, #run-name input").first.fill("ui-adpa")
-    page.locator("#run-steps input").first.fill("60")
-    page.get_by_text("Models and data").click()
-    page.get_by_label("Use the first N examples (0: all)").fill("32")
-    page.locator("#start-run").click()
-    page.wait_for_selector("#run-progress[data-state='running']")
-    page.wait_for_function("() => +document.querySelector('#run-progress').dataset.step > 0")
-    page.wait_for_selector("#run-curve .main-svg")
-    first = logged_steps(page)
-    page.wait_for_function(
-        f"() => /\\((\\d+) logged steps\\)/.exec(document.querySelector('#run-curve .gtitle')?.textContent"
-        f" || '')?.[1] > {first}"
+def arm(page, condition: str) -> None:
+    """Starts a clock in the page that stops once the JavaScript `condition` holds (read: `answered`)."""
+    page.evaluate(
+        """(condition) => { const holds = new Function('return ' + condition);
+        window.__t0 = performance.now(); delete window.__answered;
+        const id = setInterval(() => {
+          if (holds()) { window.__answered = (performance.now() - window.__t0) / 1000; clearInterval(id); }
+        }, 20); }""",
+        condition,
     )
-    assert logged_steps(page) > first >= 1
-    assert "ETA" in page.locator("#run-progress").inner_text()
-    shot(page, "workbench-align")
-    # one run at a time: a second start is refused with the running run's name
-    page.locator("#run-name textarea, #run-name input").first.fill("ui-second")
-    page.locator("#start-run").click()
-    page.get_by_text(re.compile("one run at a time")).first.wait_for()
-    # a page reload shows the same run, still going, read back from disk
-    page.reload()
-    page.get_by_role("tab", name="Align").click()
-    page.wait_for_selector("#run-progress[data-state='running']")
-    assert "ui-adpa" in page.locator("#run-progress").inner_text()
-    page.wait_for_selector("#run-curve .main-svg")
-    shot(page, "workbench-align-reloaded")
-    page.locator("#cancel-run").click()
-    page.wait_for_selector("#run-progress[data-state='cancelled']")
-    assert "cancelled" in page.locator("#runs-table").inner_text()
-    page.locator("#runs-table [role=gridcell]", has_text="sft-done").first.click()  # show a past run
-    page.wait_for_selector("#run-progress[data-state='completed']")
-    assert "sft-done" in page.locator("#run-progress").inner_text()
 
 
-def test_chat_compare_and_open_in_advantages(page):
-    page.wait_for_selector("#adv-heatmap .adv-token")
+def answered(page) -> float:
+    page.wait_for_function("() => window.__answered !== undefined")
+    return page.evaluate("() => window.__answered")
+
+
+HEATMAP = "document.querySelectorAll('#adv-heatmap .adv-token').length === {n}"
+LONG_DRAWN = " && ".join(
+    [
+        HEATMAP.format(n=1001),
+        "document.querySelector('#adv-alternatives .gtitle')?.textContent.includes('of 1001')",
+        "document.querySelector('#adv-expected .main-svg') !== null",
+        "document.querySelector('#adv-token-table [role=grid]')?.getAttribute('aria-rowcount') === '1002'",
+    ]
+)
+
+
+def test_a_long_reply_answers_quickly_and_others_are_served_meanwhile(page, browser, url):  # noqa: F811
+    with open_page(browser, url) as other:
+        other.wait_for_selector("#adv-heatmap .adv-token")
+        page.locator("#adv-response textarea").fill(LONG_REPLY)
+        other.locator("#adv-response textarea").fill("they live in lima .")
+        arm(page, LONG_DRAWN)
+        page.locator("#compute-advantages").click()
+        time.sleep(0.3)  # a second client asks while the long reply is computed
+        arm(other, HEATMAP.format(n=6))
+        other.locator("#compute-advantages").click()
+        other_s, long_s = answered(other), answered(page)
+    print(
+        f"long reply: everything drawn after {long_s:.2f} s; the second client answered after {other_s:.2f} s"
+    )
+    assert long_s <= ANSWER_S and other_s <= ANSWER_S, (long_s, other_s)
+    summary = page.locator("#adv-summary").inner_text()
+    assert "over 1001 tokens" in summary and "longer than the models' context of 128" in summary
+    shot(page, "workbench-long-reply")
+
+
+def test_chat_compare_bad_reward_and_open_in_advantages(page):
     page.get_by_role("tab", name="Chat").click()
     page.locator("#chat-prompt textarea").fill(CHAT_PROMPT)
     page.locator("#chat-compare").click()
@@ -156,6 +160,16 @@ def test_chat_compare_and_open_in_advantages(page):
     shot(page, "workbench-chat", full_page=False)
     reply = page.locator("#chat-after textarea").input_value()
     assert reply
+    # a reward that does not load: the replies stay, one note says why (no error per panel)
+    page.locator("#chat-reward textarea").fill("no-such-reward")
+    page.locator("#chat-prompt textarea").press("Enter")  # Enter compares too
+    page.wait_for_function("() => document.querySelector('#chat-note')?.innerText.includes('no-such-reward')")
+    for panel in ("before", "after", "teacher"):
+        page.wait_for_function(
+            f"() => (document.querySelector('#chat-{panel}-score')?.innerText || '').includes('no reward')"
+        )
+        assert page.locator(f"#chat-{panel} textarea").input_value()
+    assert page.get_by_text(re.compile("no-such-reward")).count() == 1
     page.locator("#chat-after-open").click()
     page.wait_for_function(
         "(reply) => document.querySelector('#adv-response textarea')?.value === reply", arg=reply

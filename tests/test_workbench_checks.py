@@ -13,7 +13,7 @@ import pytest
 
 from adpa_core.config import ConfigError, ModelConfig
 from adpa_core.runs import RunDir
-from tests.workbench_kit import FORM, finished_run
+from tests.workbench_kit import FORM, TRACEBACK, fake_run, finished_run
 from workbench import figures, run_views, views
 from workbench.handlers import Handlers
 from workbench.jobs import RunManager
@@ -201,6 +201,8 @@ def test_a_long_reply_plots_a_window_and_says_so(h):
     )
     assert "of 1000, around the most negative token" in fig.layout.title.text
     assert len(fig.layout.shapes) == figures.MAX_POSITIONS  # one frame per column (the reply's token is #1)
+    moved = figures.alternatives_figure(long, centre=100)  # the map follows the inspected position
+    assert "100:w100" in moved.data[0].x and "around the inspected position" in moved.layout.title.text
     assert list(figures.expected_figure(long).data[0].x) == list(range(1000))  # numbered, not labelled
     report = h.advantages(PROMPT, " ".join(["lima ."] * 150))  # 301 tokens: past the toy context of 128
     assert len(report["tokens"]) == 301
@@ -218,31 +220,14 @@ def test_a_bad_reward_keeps_the_replies_and_says_why_once(h):
     assert h.check_reward("toy") == ""
 
 
-TRACEBACK = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nKeyError: 3\n'
-
-
-def fake_failed_run(runs_dir: Path, name: str, error: str | None, log: str) -> RunDir:
-    run = RunDir(runs_dir / name)
-    run.path.mkdir()
-    run.config_path.write_text("objective:\n  method: sft\n")
-    (run.path / "train.log").write_text(log)
-    if error:
-        run.set_status("failed", step=0, max_steps=5, error=error, traceback=TRACEBACK)
-    else:  # a process that died without a final state
-        run.set_status("running", step=0, max_steps=5)
-        status = json.loads(run.status_path.read_text())
-        run.status_path.write_text(json.dumps({**status, "pid": 999_999_999}))
-    return run
-
-
 def test_a_failed_run_says_why_in_one_line_and_offers_its_log(h):
-    fake_failed_run(h.loc.runs_dir, "failed-run", "KeyError: 3", TRACEBACK + "error: KeyError: 3\n")
+    fake_run(h.loc.runs_dir, "failed-run", error="KeyError: 3", log=TRACEBACK + "error: KeyError: 3\n")
     status = h.run_status("failed-run")
     html = run_views.progress_html(status)
     assert status["error_line"] == "KeyError: 3" and "KeyError: 3" in html
     assert "Traceback" not in html and "x.py" not in html and html.count("KeyError") == 1
     assert "Traceback" in Path(h.run_log("failed-run")).read_text()  # the whole log, for download
-    fake_failed_run(h.loc.runs_dir, "crashed-run", None, "loading\r 50%\nerror: the teacher is gone\n")
+    fake_run(h.loc.runs_dir, "crashed-run", error="", log="loading\r 50%\nerror: the teacher is gone\n")
     status = h.run_status("crashed-run")
     assert status["display"] == "crashed"
     assert status["error_line"].endswith("error: the teacher is gone")
@@ -271,3 +256,18 @@ def test_range_errors_name_their_field():
     with pytest.raises(gr.Error) as err:
         slider.preprocess(30)
     assert err.value.message == "alternatives shown (top-k)=30: give a value from 2 to 20"
+
+
+def test_the_figure_benchmark_runs_and_results_md_shows_its_recorded_run(tmp_path, monkeypatch):
+    from benchmarks import workbench_figures as bench
+
+    monkeypatch.setenv("ADPA_BENCH_OUT", str(tmp_path))
+    payload = bench.main(["--quick", "--repeats", "1"])
+    written = json.loads((tmp_path / "workbench_figures.json").read_text())
+    assert {"benchmark", "command", "machine", "config", "results", "targets"} <= set(written)
+    assert [r["tokens"] for r in payload["results"]] == list(bench.QUICK_LENGTHS)
+    assert all(r["one_pass_s"] > 0 and r["views_s"] > 0 for r in payload["results"])
+    root = Path(__file__).resolve().parent.parent
+    recorded = json.loads((root / "benchmarks/recorded/workbench_figures.json").read_text())
+    assert bench.results_section(recorded) in (root / "benchmarks/RESULTS.md").read_text()
+    assert all(t["met"] for t in recorded["targets"])

@@ -76,7 +76,8 @@ def heatmap_html(report: dict[str, Any], scale: float = DEFAULT_SCALE) -> str:
     """The reply as coloured token chips on the fixed scale ±`scale`, each with its advantage under it.
 
     Chips are focusable buttons (data-pos = the position): clicking one, or Enter on it, selects that
-    position (tabs/advantages.py); its numbers are in its label and tooltip, and shown on focus.
+    position (tabs/advantages.py); its numbers are in its aria-label, shown under the heatmap when it is
+    hovered or focused (no title tooltip: a second copy of every label made a long reply's page slower).
     """
     if not report or not report.get("tokens"):
         return "<div id='adv-heatmap-empty' style='opacity:.7'>Compute advantages to see the heatmap.</div>"
@@ -86,8 +87,8 @@ def heatmap_html(report: dict[str, Any], scale: float = DEFAULT_SCALE) -> str:
         detail = esc(token_detail(report, t))
         border = "outline: 2px solid #d62728; outline-offset: 1px;" if t == worst else ""
         chips.append(
-            f"<span class='adv-token' role='button' tabindex='0' data-pos='{t}' title='{detail}' "
-            f"aria-label='{detail}' style='{chip_style(unit(a, scale))}{border}'>"
+            f"<span class='adv-token' role='button' tabindex='0' data-pos='{t}' aria-label='{detail}' "
+            f"style='{chip_style(unit(a, scale))}{border}'>"
             f"<span class='adv-tok'>{esc(show_token(token))}</span>"
             f"<span class='adv-val'>{a:+.2f}</span></span>"
         )

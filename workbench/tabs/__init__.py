@@ -9,9 +9,11 @@ from typing import Any
 
 import gradio as gr
 
+from ..locations import one_line
+
 
 def guard(fn: Callable) -> Callable:
-    """Turns user errors (ValueError, OSError: bad input, missing model...) into a readable gr.Error."""
+    """Turns user errors (ValueError, OSError: bad input, missing model...) into a one-line gr.Error."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -19,7 +21,7 @@ def guard(fn: Callable) -> Callable:
             try:
                 yield from fn(*args)
             except (ValueError, OSError) as exc:
-                raise gr.Error(str(exc), print_exception=False) from exc
+                raise gr.Error(one_line(exc), print_exception=False) from exc
 
         return stream
 
@@ -28,7 +30,7 @@ def guard(fn: Callable) -> Callable:
         try:
             return fn(*args)
         except (ValueError, OSError) as exc:
-            raise gr.Error(str(exc), print_exception=False) from exc
+            raise gr.Error(one_line(exc), print_exception=False) from exc
 
     return call
 
@@ -54,3 +56,11 @@ def named_range(component: Any) -> Any:
 
     component.preprocess = preprocess
     return component
+
+
+def after_error(event: Any, outputs: list, values: Callable[[], Any] | None = None) -> None:
+    """After a failed `event` its outputs show `values()` (e.g. emptied results) or stay as they were, and
+    lose Gradio's "Error" badge, which hid a table or left old results under it; the error itself shows
+    once, as the message the event raised."""
+    keep = lambda: tuple(gr.update() for _ in outputs) if len(outputs) > 1 else gr.update()  # noqa: E731
+    event.failure(values or keep, None, outputs, api_visibility="private", show_progress="hidden")

@@ -10,7 +10,7 @@ import gradio as gr
 
 from .. import figures, run_views, views
 from ..handlers import TOY, TOY_PROMPTS, Handlers
-from . import guard, named_range
+from . import after_error, guard, named_range
 
 # Clicking a token chip (or Enter / Space on a focused one) selects its position; focusing one shows its
 # numbers under the heatmap (tooltips need a mouse). Listeners sit on the component's element, which stays
@@ -108,6 +108,7 @@ def advantages_tab(h: Handlers) -> SimpleNamespace:
         # The report stays on the server (gr.State): as a browser-side JSON value, a long reply's report
         # (1.5 MB for 1,000 tokens) took the page seconds to take in and to send back on every click.
         report = gr.State(None)
+        centre = gr.State(None)  # the position a long reply's alternatives map is centred on (None: worst)
         with gr.Accordion("Report as JSON (loaded when opened)", open=False) as raw:
             report_json = gr.JSON(label="report", elem_id="adv-report-json")
         api_only = gr.Button(visible=False)  # the /advantages and /alternatives APIs (see below)
@@ -144,13 +145,10 @@ def advantages_tab(h: Handlers) -> SimpleNamespace:
             alts,
         )
 
-    def rescale(data: dict[str, Any] | None, sc: Any) -> tuple:
-        data, sc = data or {}, sc or views.DEFAULT_SCALE
-        return (
-            views.summary_markdown(data, float(sc)),
-            views.heatmap_html(data, float(sc)),
-            (figures.alternatives_figure(data, float(sc))),
-        )
+    def rescale(data: dict[str, Any] | None, sc: Any, at: int | None) -> tuple:
+        data, sc = data or {}, float(sc or views.DEFAULT_SCALE)
+        shown = views.summary_markdown(data, sc), views.heatmap_html(data, sc)
+        return (*shown, figures.alternatives_figure(data, sc, at))
 
     def write(prompt_: str, who: str, student_: str, teacher_: str, n: float):
         yield from h.generate_response(prompt_, student_ if who == "student" else teacher_, int(n))
@@ -166,19 +164,19 @@ def advantages_tab(h: Handlers) -> SimpleNamespace:
         return run_views.score_markdown({"done": True, "stopped": True, "score": score})
 
     def shown(*args: Any) -> tuple:
-        return (*run(*args), None)  # the JSON view empties: it loads when its accordion opens
+        return (*run(*args), None, None)  # the JSON view empties (it loads when opened); map on the worst
 
     compute_fn = guard(shown)
     inputs = [prompt, response, teacher, teacher_ref, student, beta, k, support, support_k, scale]
     views_out = [summary, heatmap, alt_plot, expected_plot, table, position, alt_title, alt_table]
-    outputs = [report, *views_out, report_json]
+    outputs = [report, *views_out, report_json, centre]
+    # one progress animation (on the heatmap): one per output kept the page busy for seconds
+    busy = {"api_visibility": "private", "show_progress_on": heatmap}
     for computed in (
-        compute.click(compute_fn, inputs, outputs, api_visibility="private"),
-        prompt.submit(compute_fn, inputs, outputs, api_visibility="private"),
+        compute.click(compute_fn, inputs, outputs, **busy),
+        prompt.submit(compute_fn, inputs, outputs, **busy),
     ):
-        computed.failure(
-            lambda: (*cleared(), None), None, outputs, api_visibility="private", show_progress="hidden"
-        )
+        after_error(computed, outputs, lambda: (*cleared(), None, None))
     raw.expand(lambda data: data, report, report_json, api_visibility="private")
     # The API: the same computation with the report as JSON (its first output), and the alternatives of
     # a position of a report sent back; an API call has its own session and redraws no page.
@@ -189,23 +187,38 @@ def advantages_tab(h: Handlers) -> SimpleNamespace:
         [alt_title, alt_table],
         api_name="alternatives",
     )
-    scale.change(rescale, [report, scale], [summary, heatmap, alt_plot], api_visibility="private")
+    scale.change(rescale, [report, scale, centre], [summary, heatmap, alt_plot], api_visibility="private")
     support.change(lambda s: gr.update(visible=s == "topk"), support, support_k, api_visibility="private")
-    sample.click(
+    sampled = sample.click(
         guard(lambda d, s: h.sample_prompt(d, s)["prompt"]),
         [dataset, split],
         prompt,
         api_name="sample_prompt",
     )
-    generate.click(
+    after_error(sampled, [prompt])
+    written = generate.click(
         guard(write), [prompt, writer, student, teacher, max_new], response, api_name="generate_response"
     )
+    after_error(written, [response])
+
+    def inspect(data: dict[str, Any] | None, t: Any, sc: Any, at: int | None) -> tuple:
+        """A position's alternatives; a long reply's map moves when the position is outside it."""
+        data, t = data or {}, int(t or 0)
+        title, alts = views.alternatives_view(data, t)
+        if not data or t in figures.shown_positions(data, at):
+            return title, alts, gr.update(), at
+        return title, alts, figures.alternatives_figure(data, sc or views.DEFAULT_SCALE, t), t
+
     position.change(
-        guard(views.alternatives_view), [report, position], [alt_title, alt_table], api_visibility="private"
+        guard(inspect),
+        [report, position, scale, centre],
+        [alt_title, alt_table, alt_plot, centre],
+        api_visibility="private",
     )
     table.select(pick, None, position, api_visibility="private")
     heatmap.click(pick_token, None, position, api_visibility="private")
-    score.click(guard(scored), [prompt, response, reward], score_out, api_name="score_response")
+    after_error(score.click(guard(scored), [prompt, response, reward], score_out, api_name="score_response"),
+                [score_out], lambda: "")  # fmt: skip
     return SimpleNamespace(
         prompt=prompt,
         response=response,

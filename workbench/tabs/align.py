@@ -18,7 +18,7 @@ from .. import run_views, views
 from ..handlers import TOY, Handlers
 from ..locations import WorkbenchError
 from ..run_form import LABELS, method_defaults, used
-from . import guard, named_range
+from . import after_error, guard, named_range
 
 METHOD_LABELS = {
     "sft": "SFT: imitate the chosen replies",
@@ -57,7 +57,12 @@ def align_tab(h: Handlers) -> SimpleNamespace:
     with gr.Tab("Align", id="align") as tab:
         with gr.Row():
             with gr.Column(scale=2):
-                method = gr.Dropdown([(METHOD_LABELS[m], m) for m in METHODS], value="adpa", label="Method")
+                method = gr.Dropdown(
+                    [(METHOD_LABELS[m], m) for m in METHODS],
+                    value="adpa",
+                    label="Method",
+                    elem_id="run-method",
+                )
                 name = gr.Textbox(label="Run name (letters, digits, - _ .)", elem_id="run-name")
                 with gr.Row():
                     steps = gr.Number(
@@ -74,9 +79,11 @@ def align_tab(h: Handlers) -> SimpleNamespace:
                         elem_id="run-lora",
                     )
                 with gr.Row():
-                    alpha = gr.Number(d["alpha"], label=LABELS["alpha"], minimum=0, visible=False)
-                    gamma = gr.Number(d["gamma"], label=LABELS["gamma"], minimum=0)
-                    beta = gr.Number(d["beta"], label=beta_label("adpa"), minimum=1e-6)
+                    alpha = gr.Number(
+                        d["alpha"], label=LABELS["alpha"], minimum=0, visible=False, elem_id="run-alpha"
+                    )
+                    gamma = gr.Number(d["gamma"], label=LABELS["gamma"], minimum=0, elem_id="run-gamma")
+                    beta = gr.Number(d["beta"], label=beta_label("adpa"), minimum=1e-6, elem_id="run-beta")
                 dckd_run = gr.Dropdown(
                     [],
                     label=f"{LABELS['dckd_run']} (a finished DCKD run)",
@@ -187,10 +194,11 @@ def align_tab(h: Handlers) -> SimpleNamespace:
     method.change(
         choose, method, [name, steps, lr, *shown.values()], api_visibility="private", show_progress="hidden"
     )
+    listed = lambda: run_views.runs_table(h.list_runs())  # noqa: E731
     started = start.click(guard(begin), settings, [message, watch, runs, name], api_name="start_run")
-    started.failure(lambda: "", None, message, api_visibility="private", show_progress="hidden")
-    cancel.click(guard(stop), watch, message, api_name="cancel_run")
-    refresh.click(guard(lambda: run_views.runs_table(h.list_runs())), None, runs, api_name="list_runs")
+    after_error(started, [message, watch, runs, name], lambda: ("", gr.update(), listed(), gr.update()))
+    after_error(cancel.click(guard(stop), watch, message, api_name="cancel_run"), [message], lambda: "")
+    refresh.click(guard(listed), None, runs, api_name="list_runs")
     status_out = [progress, curve, seen, runs, status_json, log]
     watch.change(guard(lambda run: tick(run, None)), watch, status_out, api_name="run_status")
     timer.tick(guard(tick), [watch, seen], status_out, api_visibility="private", show_progress="hidden")

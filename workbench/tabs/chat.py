@@ -8,7 +8,7 @@ import gradio as gr
 
 from .. import run_views, views
 from ..handlers import TOY, TOY_PROMPTS, Handlers
-from . import guard, named_range
+from . import after_error, guard, named_range
 
 
 def chat_panel(title: str, elem: str, visible: bool = True) -> SimpleNamespace:
@@ -40,7 +40,7 @@ def chat_tab(h: Handlers, adv: SimpleNamespace, tabs: gr.Tabs) -> SimpleNamespac
                 [], label="Aligned run (finished)", elem_id="chat-run", scale=2, allow_custom_value=True
             )
             teacher_too = gr.Checkbox(True, label="Also ask the teacher", scale=1)
-            reward = gr.Textbox("toy", label="Reward: toy, or a reward model", scale=2)
+            reward = gr.Textbox("toy", label="Reward: toy, or a reward model", scale=2, elem_id="chat-reward")
             max_new = named_range(gr.Slider(8, 256, value=48, step=8, label="max new tokens", scale=2))
         compare = gr.Button("Compare", variant="primary", elem_id="chat-compare")
         note = gr.Markdown(elem_id="chat-note")  # one message for what all panels share (the reward)
@@ -89,9 +89,7 @@ def chat_tab(h: Handlers, adv: SimpleNamespace, tabs: gr.Tabs) -> SimpleNamespac
             api = {"api_name": name} if public else {"api_visibility": "private"}
             asked = trigger(guard(ask), inputs, outputs(panel), **api)
             # after an error the panel shows no reply of an earlier prompt (its heading stays)
-            asked.failure(
-                lambda: (gr.update(), "", "", gr.update()), None, outputs(panel), api_visibility="private"
-            )
+            after_error(asked, outputs(panel), lambda: (gr.update(), "", "", gr.update()))
     sample.click(
         guard(lambda: h.sample_prompt(TOY_PROMPTS, "test")["prompt"]), None, prompt, api_visibility="private"
     )
