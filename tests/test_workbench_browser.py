@@ -39,7 +39,7 @@ def compute(page, response: str, prompt: str | None = None) -> None:
     page.locator("#compute-advantages").click()
 
 
-def test_heatmap_scale_tokens_and_keyboard(page):
+def test_heatmap_scale_tokens_keyboard_unknown_words_and_errors(page):
     page.wait_for_selector("#adv-alternatives .main-svg")
     page.wait_for_selector("#adv-expected .main-svg")
     n = chips(page)
@@ -80,9 +80,8 @@ def test_heatmap_scale_tokens_and_keyboard(page):
     page.wait_for_function("() => document.querySelector('#adv-heatmap').innerText.includes('<b>bold</b>')")
     assert page.evaluate("() => window.pwned === undefined")
     assert page.locator("#adv-heatmap script, #adv-heatmap img, #adv-heatmap b").count() == 0
-
-
-def test_unknown_words_and_errors_clear_old_results(page):
+    # words outside the vocabulary: lower-cased where that helps, the rest counted; a failed compute
+    # leaves nothing of the previous reply on the page
     compute(page, "Lima , Zorblax .", prompt="Which City is Nia Baker from ?")
     page.wait_for_function("() => document.querySelector('#adv-summary')?.innerText.includes('<unk>')")
     summary = page.locator("#adv-summary").inner_text()

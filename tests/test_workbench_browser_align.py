@@ -84,7 +84,7 @@ def refused(page, message: str, screenshot: str | None = None) -> None:
     page.locator("button.toast-close").first.click()  # dismiss it before the next one
 
 
-def test_the_form_is_checked_before_start(page, served):  # noqa: F811
+def test_the_form_is_checked_before_start_and_shows_what_a_method_reads(page, served):  # noqa: F811
     runs = served[1]
     name = field(page, "run-name").input_value()
     assert DEFAULT_NAME.match(name), name
@@ -106,7 +106,10 @@ def test_the_form_is_checked_before_start(page, served):  # noqa: F811
     field(page, "run-teacher").fill("toy:teacher")
     field(page, "run-beta").fill("0")
     refused(page, "β: advantage scale=0: give a value at least 1e-06")  # Gradio's range check, named
+    field(page, "run-beta").fill("1")
     assert sorted(p.name for p in runs.iterdir()) == before  # nothing was started or written
+    only_the_settings_a_method_reads(page, runs)
+    a_failed_run_shows_one_line_and_links_its_log(page, runs)
 
 
 def showing(page, visible: list[str], hidden: list[str]) -> None:
@@ -119,9 +122,8 @@ def showing(page, visible: list[str], hidden: list[str]) -> None:
     )
 
 
-def test_each_method_shows_its_own_settings_and_fresh_names(page, served):  # noqa: F811
-    runs = served[1]
-    page.get_by_text("Models and data").click()
+def only_the_settings_a_method_reads(page, runs) -> None:
+    """Each method shows the fields it reads; ADPA+ picks the newest DCKD run; names stay fresh."""
     showing(page, ["run-gamma", "run-beta", "run-teacher"], ["run-alpha", "run-dckd"])
     for label, visible, hidden in (
         (
@@ -157,8 +159,8 @@ def test_each_method_shows_its_own_settings_and_fresh_names(page, served):  # no
     assert DEFAULT_NAME.match(fresh) and fresh != taken and not (runs / fresh).exists()
 
 
-def test_a_failed_run_shows_one_line_and_links_its_log(page, served):  # noqa: F811
-    fake_run(served[1], "broken-run", error="KeyError: 3", log=TRACEBACK + "error: KeyError: 3\n")
+def a_failed_run_shows_one_line_and_links_its_log(page, runs) -> None:
+    fake_run(runs, "broken-run", error="KeyError: 3", log=TRACEBACK + "error: KeyError: 3\n")
     page.get_by_role("button", name="Refresh list").click()
     page.locator("#runs-table [role=gridcell]", has_text="broken-run").first.click()
     page.wait_for_selector("#run-progress[data-state='failed']")
