@@ -271,3 +271,16 @@ def test_the_figure_benchmark_runs_and_results_md_shows_its_recorded_run(tmp_pat
     recorded = json.loads((root / "benchmarks/recorded/workbench_figures.json").read_text())
     assert bench.results_section(recorded) in (root / "benchmarks/RESULTS.md").read_text()
     assert all(t["met"] for t in recorded["targets"])
+
+
+def test_a_recipes_dpo_adapter_is_checked_too(h, tmp_path):
+    from adpa_core.config import config_from_dict
+    from workbench.run_form import check_models, recipe
+
+    adapter = finished_run(tmp_path, "lora-teacher", steps=1, lora_rank=4, max_examples=8) / "final"
+    data = recipe("adpa")
+    data["model"].update(teacher="toy:student", teacher_ref=None, teacher_adapter=str(adapter))
+    check_models(config_from_dict(data), h.model_config, h.tokenizer)  # resolves: no error
+    data["model"]["teacher_adapter"] = str(tmp_path / "missing")
+    with pytest.raises(WorkbenchError, match=r"^DPO teacher adapter: .*does not exist"):
+        check_models(config_from_dict(data), h.model_config, h.tokenizer)

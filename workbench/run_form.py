@@ -51,6 +51,7 @@ LABELS = {  # form setting -> the label of its field in the Align tab
     "student": "Student",
     "teacher": "DPO teacher",
     "teacher_ref": "Reference teacher",
+    "teacher_adapter": "DPO teacher adapter",
     "data": "Preference data",
     "max_examples": "Use the first N examples",
 }
@@ -247,13 +248,17 @@ def check_models(cfg: RunConfig, config: Callable[[str], Any], tokenizer: Callab
     from adpa_core.models import check_lora_rank, check_tokenizer_contract
 
     student = "dckd_run" if cfg.objective.method == "adpa_plus" else "student"
-    names = {student: cfg.model.student, "teacher": cfg.model.teacher, "teacher_ref": cfg.model.teacher_ref}
+    m = cfg.model
+    names = {student: m.student, "teacher": m.teacher, "teacher_ref": m.teacher_ref}
+    names["teacher_adapter"] = m.teacher_adapter  # a recipe's DPO teacher as a LoRA adapter on `teacher`
     names = {key: name for key, name in names.items() if name}
     for key, name in names.items():
         try:
             if key == student:
-                check_lora_rank(cfg.model, config(name))
+                check_lora_rank(m, config(name))
                 student_tok = tokenizer(name)
+            elif key == "teacher_adapter":  # its base is `teacher`, whose vocabulary is checked
+                config(name)
             else:
                 config(name)
                 check_tokenizer_contract(student_tok, tokenizer(name), ("student", key.replace("_", " ")))
