@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import losses as L
+from . import losses_released as R
 from .chunked import OutputLayer, counted_rows, final_hidden, fused_linear_loss, label_logps
 from .config import STUDENT_GROUPS, TEACHER_GROUPS, ObjectiveConfig
 from .teacher import TeacherTargets
@@ -62,17 +63,27 @@ def group_batch(batch: dict[str, Any], groups: tuple[str, ...], wanted: tuple[st
     return out
 
 
+def reduction(obj: ObjectiveConfig) -> str:
+    """`token`, `sequence`, or `micro_batch` (released code: one token mean per micro-batch, then the mean
+    over micro-batches)."""
+    return "micro_batch" if obj.released_code.micro_batch_mean else obj.reduction
+
+
 def counts(batch: dict[str, Any], groups: tuple[str, ...], obj: ObjectiveConfig) -> dict[str, float]:
     """The normaliser of each term for this batch, from the labels alone (no forward needed)."""
     labels = split_groups(batch["labels"], groups)
     out = {}
+    how = reduction(obj)
     for term in term_weights(obj):
         group = term_group(term)
         if group == "pairs":
             out[term] = float(labels["chosen"].shape[0])
             continue
         mask = labels[group] != L.IGNORE_INDEX  # (B, T)
-        out[term] = float(mask.sum()) if obj.reduction == "token" else float((mask.sum(-1) > 0).sum())
+        if how == "micro_batch":
+            out[term] = float(bool(mask.any()))
+        else:
+            out[term] = float(mask.sum()) if how == "token" else float((mask.sum(-1) > 0).sum())
     return out
 
 
@@ -97,19 +108,90 @@ class StepContext:
     reference_logps: Callable[[dict[str, Any]], Tensor] | None = None  # (G*B,) summed logps, frozen student
     chunk_size: int | None = None  # None: full logits; else the chunked path (chunked.py) with this chunk
     head: OutputLayer | None = None  # the student's output layer and logit transform (chunked path)
+    end_of_turn_id: int | None = None  # the label that closes a response (released_code.eos_without_teacher)
+
+    def __post_init__(self) -> None:
+        if self.objective.released_code.eos_without_teacher and self.end_of_turn_id is None:
+            raise ValueError("objective.released_code.eos_without_teacher needs StepContext.end_of_turn_id")
 
 
-def _kl_per_token(student_logits: Tensor, t: TeacherTargets, labels: Tensor) -> Tensor:
+def no_teacher(ctx: StepContext, labels: Tensor) -> Tensor | None:
+    """(B, T) positions without teacher data (released_code.eos_without_teacher), or None."""
+    if not ctx.objective.released_code.eos_without_teacher:
+        return None
+    return R.no_teacher_positions(labels, ctx.end_of_turn_id)
+
+
+def _as_topk(t: TeacherTargets, k: int, need_ref: bool, ref_topk: bool) -> TeacherTargets:
+    """Cached targets as they are; online logits cut to what a top-k cache would hold."""
     if t.cached:
-        return L.topk_forward_kl_per_token(
-            student_logits, t.topk_ids, t.dpo_topk_logps, labels, t.dpo_rest_logp
-        )
-    return L.forward_kl_per_token(student_logits, t.dpo_logits, labels)
+        return t
+    return TeacherTargets(**R.topk_view(t.dpo_logits, t.ref_logits if need_ref else None, k, ref_topk))
+
+
+def _kl_per_token(
+    student_logits: Tensor, t: TeacherTargets, labels: Tensor, obj: ObjectiveConfig, empty: Tensor | None
+) -> Tensor:
+    rc = obj.released_code
+    if not t.cached and not rc.kl_topk_online:
+        per = L.forward_kl_per_token(student_logits, t.dpo_logits, labels)
+        return per if empty is None else torch.where(empty, 0.0, per)
+    t = _as_topk(t, obj.k, need_ref=False, ref_topk=False)
+    return R.released_kl_per_token(
+        student_logits,
+        t.topk_ids,
+        t.dpo_topk_logps,
+        labels,
+        t.dpo_rest_logp,
+        floors=rc.prob_floors,
+        no_teacher=empty,
+    )
+
+
+def _released_adpa(
+    student_logits: Tensor, t: TeacherTargets, labels: Tensor, obj: ObjectiveConfig, empty: Tensor | None
+) -> Tensor:
+    """The ADPA term with the released code's switches (support topk)."""
+    rc, k = obj.released_code, obj.k
+    t = _as_topk(t, k, need_ref=True, ref_topk=rc.reference_imputation)
+    if t.ref_topk_logps is None:
+        raise ValueError("the teacher cache holds no reference teacher log-probs; ADPA needs them")
+    member = None
+    if rc.reference_imputation:
+        if t.ref_topk_ids is None:
+            raise ValueError("released_code.reference_imputation needs the reference teacher's own top-k ids")
+        member = R.in_topk(t.topk_ids[..., :k], t.ref_topk_ids[..., :k])  # (B, T, K)
+    adv = R.released_advantages(
+        t.dpo_topk_logps[..., :k],
+        t.ref_topk_logps[..., :k],
+        floor=rc.advantage_floor,
+        ref_in_topk=member,
+        beta=obj.beta,
+        clip=obj.clip,
+    )
+    return R.released_adpa_per_token(
+        student_logits,
+        t.topk_ids[..., :k],
+        adv,
+        labels,
+        floors=rc.prob_floors,
+        clip=obj.clip,
+        no_teacher=empty,
+    )
 
 
 def _adpa_per_token(
-    student_logits: Tensor, t: TeacherTargets, labels: Tensor, obj: ObjectiveConfig
+    student_logits: Tensor, t: TeacherTargets, labels: Tensor, obj: ObjectiveConfig, empty: Tensor | None
 ) -> Tensor:
+    rc = obj.released_code
+    quirks = rc.prob_floors or rc.reference_imputation or rc.advantage_floor or empty is not None
+    if obj.support == "topk" and quirks:
+        return _released_adpa(student_logits, t, labels, obj, empty)
+    per = _adpa_exact(student_logits, t, labels, obj)
+    return per if empty is None else torch.where(empty, 0.0, per)
+
+
+def _adpa_exact(student_logits: Tensor, t: TeacherTargets, labels: Tensor, obj: ObjectiveConfig) -> Tensor:
     if not t.cached:
         ref = t.ref_logits if obj.use_reference else None
         topk = obj.k if obj.support == "topk" else None
@@ -132,19 +214,28 @@ def _adpa_per_token(
 
 
 def term_per_token(
-    term: str, logits: Tensor, labels: Tensor, teacher: TeacherTargets | None, obj: ObjectiveConfig
+    term: str,
+    logits: Tensor,
+    labels: Tensor,
+    teacher: TeacherTargets | None,
+    obj: ObjectiveConfig,
+    empty: Tensor | None = None,
 ) -> Tensor:
-    """Per-token values (B, T) of one loss term from the student's logits (B, T, V)."""
+    """Per-token values (B, T) of one loss term from the student's logits (B, T, V); `empty` (B, T) marks
+    positions without teacher data (released_code.eos_without_teacher)."""
     if term == "nll":
         return L.nll_per_token(logits, labels)
     if term == "adpa":
-        return _adpa_per_token(logits, teacher, labels, obj)
-    return _kl_per_token(logits, teacher, labels)
+        return _adpa_per_token(logits, teacher, labels, obj, empty)
+    return _kl_per_token(logits, teacher, labels, obj, empty)
 
 
 def row_weights(labels: Tensor, reduction: str) -> Tensor:
-    """Weight of each position (B, T) in a term's numerator: 1 per counted token, or 1/n per sequence."""
+    """Weight of each position (B, T) in a term's numerator: 1 per counted token, 1/n per sequence, or 1/N
+    per micro-batch (N counted tokens in it)."""
     mask = (labels != L.IGNORE_INDEX).float()
+    if reduction == "micro_batch":
+        return mask / mask.sum().clamp(min=1.0)
     return mask if reduction == "token" else mask / mask.sum(-1, keepdim=True).clamp(min=1.0)
 
 
@@ -203,10 +294,11 @@ def _group_full(ctx, gbatch, logits, labels, terms, scale) -> tuple[Tensor, dict
     """Terms of one group from its full logits (B, T, V)."""
     need_teacher, need_ref = _needs(ctx, term_group(terms[0]))
     teacher = ctx.teacher.targets(gbatch, term_group(terms[0]), need_ref) if need_teacher else None
-    weights = row_weights(labels, ctx.objective.reduction)  # (B, T)
+    empty = no_teacher(ctx, labels) if need_teacher else None  # (B, T)
+    weights = row_weights(labels, reduction(ctx.objective))  # (B, T)
     value, nums = logits.new_zeros((), dtype=torch.float32), {}
     for term in terms:
-        num = (term_per_token(term, logits, labels, teacher, ctx.objective) * weights).sum()
+        num = (term_per_token(term, logits, labels, teacher, ctx.objective, empty) * weights).sum()
         value = value + scale[term] * num
         nums[term] = float(num.detach())
     return value, nums
@@ -218,15 +310,20 @@ def _group_chunked(ctx, gbatch, hidden, labels, terms, scale) -> tuple[Tensor, d
     need_teacher, need_ref = _needs(ctx, group)
     mask = labels != L.IGNORE_INDEX  # (B, T)
     rows, row_labels = hidden[mask], labels[mask]  # (N, H), (N,)
-    weights = row_weights(labels, ctx.objective.reduction)[mask]  # (N,)
+    weights = row_weights(labels, reduction(ctx.objective))[mask]  # (N,)
     teacher = ctx.teacher.row_targets(gbatch, group, need_ref, mask) if need_teacher else None
+    empty = no_teacher(ctx, labels) if need_teacher else None
+    empty = empty[mask] if empty is not None else None  # (N,)
     nums: dict[str, Any] = dict.fromkeys(terms, 0.0)  # detached: one host sync per term, not per chunk
 
     def chunk_fn(logits: Tensor, start: int, end: int) -> Tensor:  # logits (C, V)
         t = teacher(start, end) if teacher is not None else None
         value = logits.new_zeros(())
         for term in terms:
-            per = term_per_token(term, logits[None], row_labels[None, start:end], t, ctx.objective)
+            rows_empty = empty[None, start:end] if empty is not None else None
+            per = term_per_token(
+                term, logits[None], row_labels[None, start:end], t, ctx.objective, rows_empty
+            )
             num = (per[0] * weights[start:end]).sum()  # per: (1, C)
             nums[term] = nums[term] + num.detach()
             value = value + scale[term] * num
