@@ -100,12 +100,29 @@ class FakeTeacher:
         )
 
     def row_targets(self, batch, group, need_ref, mask):
-        raise NotImplementedError  # full-logits path only
+        full = self.targets(batch, group, need_ref)
+        rows = {f: v[mask] for f, v in vars(full).items() if v is not None}  # (N, ...)
+        return lambda start, end: TeacherTargets(**{f: v[None, start:end] for f, v in rows.items()})
 
 
-def library_step(mbs, method: str, obj: ObjectiveConfig, cached: bool):
+class FakeLM(FakeStudent):
+    """Also serves the chunked path: final hidden states = the given logits, output layer = identity."""
+
+    def __init__(self, logits: Tensor):
+        super().__init__(logits)
+        self.head = nn.Linear(V, V, bias=False, dtype=torch.float64)
+        nn.init.eye_(self.head.weight)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        return SimpleNamespace(logits=self.head(self.logits), hidden_states=(self.logits,))
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.head
+
+
+def library_step(mbs, method: str, obj: ObjectiveConfig, cached: bool, chunk: int | None = None):
     """The step loss through `loss_step` (norms over all micro-batches, as train does) and each micro-batch's
-    student-logit gradient."""
+    student-logit gradient; `chunk`: the chunked path with that chunk size."""
     groups = STUDENT_GROUPS[method]
     batches = []
     for mb in mbs:
@@ -120,11 +137,12 @@ def library_step(mbs, method: str, obj: ObjectiveConfig, cached: bool):
             norms[key] = norms.get(key, 0.0) + value
     total, grads = 0.0, []
     for mb, batch in zip(mbs, batches, strict=True):
-        student = FakeStudent(torch.cat([mb[g]["student"] for g in groups]))
-        ctx = O.StepContext(student, obj, V, FakeTeacher(mb, cached), end_of_turn_id=EOT)
+        student = FakeLM(torch.cat([mb[g]["student"] for g in groups]))
+        head = student.head if chunk else None
+        ctx = O.StepContext(student, obj, V, FakeTeacher(mb, cached), None, chunk, head, EOT)
         loss, _ = O.loss_step(ctx, batch, norms)
         loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
         grads.append(student.logits.grad)
     return total, grads
 
@@ -240,3 +258,16 @@ def test_eos_value_is_the_floors_constant_without_gradient():
     assert float(per[0, 1]) == pytest.approx((K + 1) * 1e-8 * math.log(0.1), rel=1e-12)
     per[0, 1].backward()
     assert torch.all(student.grad == 0)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["online", "cache"])
+@pytest.mark.parametrize("method", ["adpa", "dckd"])
+def test_chunked_path_equals_full_logits(method, cached):
+    """The chunked path (rows of counted positions, float32 chunks of 4) gives the full path's step."""
+    mbs = make_micro_batches("mixed", method, seed=6)
+    obj = objective(method)
+    full, full_grads = library_step(mbs, method, obj, cached)
+    chunked, grads = library_step(mbs, method, obj, cached, chunk=4)
+    assert chunked == pytest.approx(full, rel=1e-5)
+    for g, w in zip(grads, full_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
