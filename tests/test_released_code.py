@@ -271,3 +271,20 @@ def test_chunked_path_equals_full_logits(method, cached):
     assert chunked == pytest.approx(full, rel=1e-5)
     for g, w in zip(grads, full_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
+
+
+def test_the_clip_still_pushes_disliked_tokens_down():
+    """docs/RESULTS.md: under the clip a negative advantage gives no direct push, but a gradient step still
+    moves mass off every token below the student's mean clipped advantage, disliked and neutral alike."""
+    from adpa_core import losses as L
+
+    adv = torch.tensor([[[2.0, 0.3, -5.0, 0.0]]], dtype=torch.float64)  # liked, mild, disliked, neutral
+    clipped = adv.clamp(1e-8, 1 - 1e-8)
+    logits = torch.zeros(1, 1, 4, dtype=torch.float64, requires_grad=True)
+    L.adpa_per_token(logits, clipped, torch.tensor([[0]])).sum().backward()
+    grad = logits.grad[0, 0]  # descent lowers a logit whose gradient is positive
+    assert grad[0] < 0 and grad[2] > 0 and grad[3] > 0
+    assert grad[2] == pytest.approx(float(grad[3]), rel=1e-6)  # -5 pushed down no harder than 0
+    logits.grad = None
+    L.adpa_per_token(logits, adv, torch.tensor([[0]])).sum().backward()
+    assert logits.grad[0, 0, 2] > 3 * logits.grad[0, 0, 3]  # unclipped: the disliked token pushed harder
