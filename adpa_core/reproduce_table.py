@@ -95,7 +95,7 @@ def ablation_markdown(diffs: dict[str, dict[str, Any]]) -> str:
     note = (
         "\nPaired by seed: each switch row is the preset with that switch alone turned off, trained with "
         "the preset row's chosen settings; Δ = switch off − preset, mean ± half-width of a 95% t-interval, "
-        "t with n − 1 degrees of freedom (— with one seed).\n"
+        "t with n − 1 degrees of freedom (— with one seed, or when every difference is the same).\n"
     )
     return "\n".join(lines) + "\n" + note
 
