@@ -469,10 +469,10 @@ class TeacherCache:
         return bool(self.meta.get("has_reference"))
 
     def check_serves(self, obj: ObjectiveConfig) -> None:
-        """Refuses a run whose released-code switches this cache cannot serve (see `served_switches`)."""
+        """Refuses an ADPA run whose released-code switches this cache cannot serve (`served_switches`)."""
         serves = set(self.meta.get("released_code_serves", served_switches(False)))
         missing = [name for name in obj.released_code.enabled() if name not in serves]
-        if missing and obj.method in ("adpa", "adpa_plus"):
+        if missing:
             raise StaleCacheError(
                 f"{self.path} cannot serve objective.released_code.{missing[0]}=true (it holds no reference "
                 "teacher top-k ids); rebuild it with `adpa cache-teacher` under this run's config, or turn "
