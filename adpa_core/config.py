@@ -53,6 +53,21 @@ class ConfigError(ValueError):
     """A configuration value is missing, out of range or contradicts another one."""
 
 
+class Default:
+    """A field's default value, told apart from a value the user gave: a preset replaces a default but never
+    a given value (a given value that differs from the preset's is a ConfigError)."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Default({self.value!r})"
+
+
+# What `objective.preset` sets; a user may repeat these values but not change them.
+PRESET_VALUES = {"reference-code": {"k": 50, "clip": [1e-8, 1 - 1e-8], "gamma": 1.6, "support": "topk"}}
+
+
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
@@ -195,12 +210,61 @@ class DataConfig:
 
 
 @dataclass
+class ReleasedCodeConfig:
+    """The released code's numerical details (`objective.released_code`), each a switch; DESIGN.md section 1
+    and docs/RESULTS.md ("Paper vs released code") explain them. Unset (null) switches are on under
+    `objective.preset: reference-code` and off otherwise; set one to false to measure its effect."""
+
+    prob_floors: bool | None = None
+    """The released loader's probability clamps on the k + 1 bins (the DPO teacher's top-k and the rest):
+    in the KD/DCKD KL both distributions are clamped to [1e-8, 1 - 1e-8] and student probabilities below
+    1e-7 are set to 1e-7 before the log (that bin's term is capped and its gradient is 0); in the ADPA term
+    the student's probabilities are clamped to [1e-8, 1 - 1e-8] (no gradient outside) and the rest bin takes
+    part with the advantage 0 passed through `clip`. Off: the exact log-space k + 1-bin forms."""
+    reference_imputation: bool | None = None
+    """ADPA: the reference teacher's probability is known only at its own top-k ids; a DPO top-k id outside
+    them gets the minimum of the DPO teacher's top-k probabilities (floored at 1e-7) instead. A teacher
+    cache then stores the reference's own top-k ids. Off: the reference's exact log-prob at every DPO id."""
+    advantage_floor: bool | None = None
+    """ADPA: both teachers' probabilities are floored at 1e-7 before the log-ratio, so where both are below
+    it the advantage is 0 (which a [1e-8, ...] clip turns into 1e-8). Off: exact log-probs."""
+    eos_without_teacher: bool | None = None
+    """The end-of-turn label that closes a response has no teacher data (the released precompute covers
+    the content tokens only): its KL and advantage terms are the constant of empty bins (0, or the floors'
+    value; no gradient), but the position still counts in the mean. Off: the teacher at every position."""
+    micro_batch_mean: bool | None = None
+    """Averaging: each term is one token mean over the micro-batch, and a step the mean over micro-batches
+    (and processes); the released recipes ran one sequence per micro-batch, where this equals the mean of
+    per-sequence means. Off: `objective.reduction` over the whole step."""
+    kl_topk_online: bool | None = None
+    """KD/DCKD with an online teacher: the KL over the DPO teacher's top-k + rest bins (as a cache holds
+    them), not the full vocabulary. A teacher cache always has k + 1 bins."""
+    unit_beta: bool | None = None
+    """The released code has no beta in the advantage (beta = 1): `objective.beta` must stay 1. Off:
+    `objective.beta` scales the advantage (the paper's A = beta log(pi_dpo / pi_ref))."""
+
+    def resolve(self, preset_on: bool) -> None:
+        """Unset switches follow the preset."""
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is None:
+                setattr(self, f.name, preset_on)
+
+    def enabled(self) -> list[str]:
+        """The names of the switches that are on."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]
+
+
+RELEASED_SWITCHES = tuple(f.name for f in dataclasses.fields(ReleasedCodeConfig))
+
+
+@dataclass
 class ObjectiveConfig:
     method: str = "sft"
     """One of sft, dpo, kd, dckd, adpa, adpa_plus (DESIGN.md section 1)."""
     preset: str | None = None
-    """`reference-code` reproduces the released code (top-50 cache, advantage clipped to [1e-8, 1-1e-8],
-    gamma 1.6). Never the default."""
+    """`reference-code` reproduces the released code: k 50, advantage clipped to [1e-8, 1 - 1e-8], gamma 1.6,
+    support topk, and every `released_code` switch left unset turned on. A value you set that differs
+    from the preset's is an error, never silently replaced. Never the default."""
     reduction: str = "sequence"
     """`sequence`: mean over each sequence's tokens, then over sequences; `token`: mean over all tokens."""
     beta_dpo: float = 0.1
@@ -211,19 +275,19 @@ class ObjectiveConfig:
     """Weight of KL(teacher || student) on the chosen response (kd, dckd)."""
     w_kl_rejected: float = 0.1
     """Weight of KL(teacher || student) on the rejected response (dckd)."""
-    gamma: float = 0.5
+    gamma: float = Default(0.5)
     """Weight of the ADPA term (adpa, adpa_plus). Default from the method table (docs/RESULTS.md): gamma 0.5
     won the validation sweep {0.5, 1.5} in 13 of 20 ADPA selections (4 ADPA rows x 5 seeds; 19 of 20 on the
-    earlier toy worlds). The paper used 1.5 (configs/real keep it)."""
+    earlier toy worlds). The paper used 1.5 (configs/real keep it); the reference-code preset sets 1.6."""
     beta: float = 1.0
     """Scale of the token advantage beta * (log pi_dpo - log pi_ref)."""
-    clip: list[float] | None = None
-    """Optional [lo, hi] clip applied to the advantage."""
-    support: str = "topk"
+    clip: list[float] | None = Default(None)
+    """Optional [lo, hi] clip applied to the advantage (the reference-code preset: [1e-8, 1 - 1e-8])."""
+    support: str = Default("topk")
     """Tokens the ADPA expectation runs over: the DPO teacher's `topk` (advantage 0 elsewhere) or `full`.
     Default from the method table: top-20 and the full vocabulary tie (1.59 vs 1.60 held-out reward over 5
     seeds, within the intervals), and top-20 costs less and is the form a teacher cache can store."""
-    k: int = 20
+    k: int = Default(20)
     """Size of the top-k support / cache (default 20, the table's top-k row; the paper's code used 50, as
     configs/real and `preset: reference-code` do)."""
     use_reference: bool = True
@@ -234,13 +298,15 @@ class ObjectiveConfig:
     """Folder of the teacher cache (teacher_source=cache)."""
     max_new_tokens: int = 128
     """Length budget of the student's own greedy responses y_hat (adpa, adpa_plus)."""
+    released_code: ReleasedCodeConfig = field(default_factory=ReleasedCodeConfig)
+    """The released code's numerical details, each a switch (see ReleasedCodeConfig); all off unless the
+    reference-code preset turns them on."""
 
     def __post_init__(self) -> None:
         _choice("objective.method", self.method, METHODS)
         if self.preset is not None:
             _choice("objective.preset", self.preset, PRESETS)
-            if self.preset == "reference-code":
-                self.k, self.clip, self.gamma, self.support = 50, [1e-8, 1 - 1e-8], 1.6, "topk"
+        self._apply_preset()
         _choice("objective.reduction", self.reduction, ("sequence", "token"))
         _choice("objective.support", self.support, ("topk", "full"))
         _choice("objective.teacher_source", self.teacher_source, ("online", "cache"))
@@ -252,12 +318,6 @@ class ObjectiveConfig:
             _check(math.isfinite(value) and value >= 0, f"objective.{name}={value} must be >= 0")
         _check(self.k >= 1, f"objective.k={self.k} must be >= 1")
         _check(self.max_new_tokens >= 1, f"objective.max_new_tokens={self.max_new_tokens} must be >= 1")
-        if self.clip is not None:
-            _check(
-                len(self.clip) == 2 and float(self.clip[0]) < float(self.clip[1]),
-                f"objective.clip={self.clip} must be [lo, hi] with lo < hi, or null",
-            )
-            self.clip = [float(self.clip[0]), float(self.clip[1])]
         if not self.use_reference:
             _check(
                 self.support == "full",
@@ -267,6 +327,52 @@ class ObjectiveConfig:
         if self.teacher_source == "cache":
             _check(
                 self.teacher_cache is not None, "objective.teacher_source=cache needs objective.teacher_cache"
+            )
+        self._check_switches()
+
+    def _apply_preset(self) -> None:
+        """Fills the preset's values where the user gave none; a given value that differs is refused."""
+        values = PRESET_VALUES.get(self.preset, {})
+        for name in ("gamma", "clip", "support", "k"):
+            given = getattr(self, name)
+            if isinstance(given, Default):
+                setattr(self, name, values.get(name, given.value))
+                continue
+            if name == "clip" and given is not None:
+                _check(
+                    len(given) == 2 and float(given[0]) < float(given[1]),
+                    f"objective.clip={given} must be [lo, hi] with lo < hi, or null",
+                )
+                setattr(self, name, [float(given[0]), float(given[1])])
+            if name in values and getattr(self, name) != values[name]:
+                raise ConfigError(
+                    f"objective.{name}={given!r} conflicts with objective.preset={self.preset}, which sets "
+                    f"{name}={values[name]!r}; remove objective.{name} or the preset"
+                )
+        if isinstance(self.released_code, dict):  # built in Python from plain data
+            self.released_code = ReleasedCodeConfig(**self.released_code)
+        self.released_code.resolve(self.preset == "reference-code")
+
+    def _check_switches(self) -> None:
+        rc = self.released_code
+        if rc.unit_beta:
+            _check(
+                self.beta == 1.0,
+                f"objective.beta={self.beta} conflicts with objective.released_code.unit_beta=true (the "
+                "released code has no beta: advantage = log-ratio); set released_code.unit_beta=false to "
+                "scale the advantage",
+            )
+        if rc.micro_batch_mean:
+            _check(
+                self.reduction == "sequence",
+                f"objective.reduction={self.reduction} conflicts with objective.released_code."
+                "micro_batch_mean=true (each micro-batch is one token mean); set one of them differently",
+            )
+        for name in ("reference_imputation", "advantage_floor"):
+            _check(
+                not getattr(rc, name) or self.support == "topk",
+                f"objective.released_code.{name}=true needs objective.support=topk (it acts on the DPO "
+                "teacher's top-k ids)",
             )
 
 

@@ -17,9 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from . import losses as L
+from . import losses_released as R
 from .chunked import OutputLayer, counted_rows, final_hidden, fused_linear_loss, label_logps
 from .config import STUDENT_GROUPS, TEACHER_GROUPS, ObjectiveConfig
 from .teacher import TeacherTargets
+from .terms import term_per_token
 
 
 def term_weights(obj: ObjectiveConfig) -> dict[str, float]:
@@ -62,17 +64,27 @@ def group_batch(batch: dict[str, Any], groups: tuple[str, ...], wanted: tuple[st
     return out
 
 
+def reduction(obj: ObjectiveConfig) -> str:
+    """`token`, `sequence`, or `micro_batch` (released code: one token mean per micro-batch, then the mean
+    over micro-batches)."""
+    return "micro_batch" if obj.released_code.micro_batch_mean else obj.reduction
+
+
 def counts(batch: dict[str, Any], groups: tuple[str, ...], obj: ObjectiveConfig) -> dict[str, float]:
     """The normaliser of each term for this batch, from the labels alone (no forward needed)."""
     labels = split_groups(batch["labels"], groups)
     out = {}
+    how = reduction(obj)
     for term in term_weights(obj):
         group = term_group(term)
         if group == "pairs":
             out[term] = float(labels["chosen"].shape[0])
             continue
         mask = labels[group] != L.IGNORE_INDEX  # (B, T)
-        out[term] = float(mask.sum()) if obj.reduction == "token" else float((mask.sum(-1) > 0).sum())
+        if how == "micro_batch":
+            out[term] = float(bool(mask.any()))
+        else:
+            out[term] = float(mask.sum()) if how == "token" else float((mask.sum(-1) > 0).sum())
     return out
 
 
@@ -97,54 +109,26 @@ class StepContext:
     reference_logps: Callable[[dict[str, Any]], Tensor] | None = None  # (G*B,) summed logps, frozen student
     chunk_size: int | None = None  # None: full logits; else the chunked path (chunked.py) with this chunk
     head: OutputLayer | None = None  # the student's output layer and logit transform (chunked path)
+    end_of_turn_id: int | None = None  # the label that closes a response (released_code.eos_without_teacher)
+
+    def __post_init__(self) -> None:
+        if self.objective.released_code.eos_without_teacher and self.end_of_turn_id is None:
+            raise ValueError("objective.released_code.eos_without_teacher needs StepContext.end_of_turn_id")
 
 
-def _kl_per_token(student_logits: Tensor, t: TeacherTargets, labels: Tensor) -> Tensor:
-    if t.cached:
-        return L.topk_forward_kl_per_token(
-            student_logits, t.topk_ids, t.dpo_topk_logps, labels, t.dpo_rest_logp
-        )
-    return L.forward_kl_per_token(student_logits, t.dpo_logits, labels)
-
-
-def _adpa_per_token(
-    student_logits: Tensor, t: TeacherTargets, labels: Tensor, obj: ObjectiveConfig
-) -> Tensor:
-    if not t.cached:
-        ref = t.ref_logits if obj.use_reference else None
-        topk = obj.k if obj.support == "topk" else None
-        adv = L.token_advantages(t.dpo_logits, ref, beta=obj.beta, clip=obj.clip, topk=topk)  # (B, T, V)
-        return L.adpa_per_token(student_logits, adv, labels)
-    if obj.use_reference and t.ref_topk_logps is None:
-        raise ValueError("the teacher cache holds no reference teacher log-probs; ADPA needs them")
-    k = obj.k if obj.support == "topk" else t.topk_ids.shape[-1]
-    ref = t.ref_topk_logps[..., :k] if obj.use_reference else None
-    adv = L.topk_token_advantages(t.dpo_topk_logps[..., :k], ref, obj.beta, obj.clip)
-    rest = None
-    # Without the reference only a complete cache (k = V, checked when it is opened) serves: no rest bin.
-    if obj.support == "full" and obj.use_reference:
-        # The rest bin aggregates the tokens outside the cached ids (exact when k = V: no rest mass).
-        both = (t.dpo_rest_logp > -torch.inf) & (t.ref_rest_logp > -torch.inf)
-        rest = torch.where(both, obj.beta * (t.dpo_rest_logp - t.ref_rest_logp), 0.0)  # (B, T)
-        if obj.clip is not None:
-            rest = rest.clamp(obj.clip[0], obj.clip[1])
-    return L.topk_adpa_per_token(student_logits, t.topk_ids[..., :k], adv, labels, rest)
-
-
-def term_per_token(
-    term: str, logits: Tensor, labels: Tensor, teacher: TeacherTargets | None, obj: ObjectiveConfig
-) -> Tensor:
-    """Per-token values (B, T) of one loss term from the student's logits (B, T, V)."""
-    if term == "nll":
-        return L.nll_per_token(logits, labels)
-    if term == "adpa":
-        return _adpa_per_token(logits, teacher, labels, obj)
-    return _kl_per_token(logits, teacher, labels)
+def no_teacher(ctx: StepContext, labels: Tensor) -> Tensor | None:
+    """(B, T) positions without teacher data (released_code.eos_without_teacher), or None."""
+    if not ctx.objective.released_code.eos_without_teacher:
+        return None
+    return R.no_teacher_positions(labels, ctx.end_of_turn_id)
 
 
 def row_weights(labels: Tensor, reduction: str) -> Tensor:
-    """Weight of each position (B, T) in a term's numerator: 1 per counted token, or 1/n per sequence."""
+    """Weight of each position (B, T) in a term's numerator: 1 per counted token, 1/n per sequence, or 1/N
+    per micro-batch (N counted tokens in it)."""
     mask = (labels != L.IGNORE_INDEX).float()
+    if reduction == "micro_batch":
+        return mask / mask.sum().clamp(min=1.0)
     return mask if reduction == "token" else mask / mask.sum(-1, keepdim=True).clamp(min=1.0)
 
 
@@ -203,10 +187,11 @@ def _group_full(ctx, gbatch, logits, labels, terms, scale) -> tuple[Tensor, dict
     """Terms of one group from its full logits (B, T, V)."""
     need_teacher, need_ref = _needs(ctx, term_group(terms[0]))
     teacher = ctx.teacher.targets(gbatch, term_group(terms[0]), need_ref) if need_teacher else None
-    weights = row_weights(labels, ctx.objective.reduction)  # (B, T)
+    empty = no_teacher(ctx, labels) if need_teacher else None  # (B, T)
+    weights = row_weights(labels, reduction(ctx.objective))  # (B, T)
     value, nums = logits.new_zeros((), dtype=torch.float32), {}
     for term in terms:
-        num = (term_per_token(term, logits, labels, teacher, ctx.objective) * weights).sum()
+        num = (term_per_token(term, logits, labels, teacher, ctx.objective, empty) * weights).sum()
         value = value + scale[term] * num
         nums[term] = float(num.detach())
     return value, nums
@@ -218,15 +203,20 @@ def _group_chunked(ctx, gbatch, hidden, labels, terms, scale) -> tuple[Tensor, d
     need_teacher, need_ref = _needs(ctx, group)
     mask = labels != L.IGNORE_INDEX  # (B, T)
     rows, row_labels = hidden[mask], labels[mask]  # (N, H), (N,)
-    weights = row_weights(labels, ctx.objective.reduction)[mask]  # (N,)
+    weights = row_weights(labels, reduction(ctx.objective))[mask]  # (N,)
     teacher = ctx.teacher.row_targets(gbatch, group, need_ref, mask) if need_teacher else None
+    empty = no_teacher(ctx, labels) if need_teacher else None
+    empty = empty[mask] if empty is not None else None  # (N,)
     nums: dict[str, Any] = dict.fromkeys(terms, 0.0)  # detached: one host sync per term, not per chunk
 
     def chunk_fn(logits: Tensor, start: int, end: int) -> Tensor:  # logits (C, V)
         t = teacher(start, end) if teacher is not None else None
         value = logits.new_zeros(())
         for term in terms:
-            per = term_per_token(term, logits[None], row_labels[None, start:end], t, ctx.objective)
+            rows_empty = empty[None, start:end] if empty is not None else None
+            per = term_per_token(
+                term, logits[None], row_labels[None, start:end], t, ctx.objective, rows_empty
+            )
             num = (per[0] * weights[start:end]).sum()  # per: (1, C)
             nums[term] = nums[term] + num.detach()
             value = value + scale[term] * num

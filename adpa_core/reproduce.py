@@ -3,14 +3,15 @@
 For each seed: build the toy world (skipping seeds whose teacher fails the health gates of DESIGN.md 4a),
 then train the SFT student with every method under the same step budget. Each method's settings (learning
 rate, and gamma for ADPA) are chosen on the validation prompts by the small sweep in `ROWS`; the chosen run
-is then scored on the test prompts. Across seeds: mean and a 95% t-interval. Writes `table.md`,
-`results.json` and `figure.html` to the output folder.
+is then scored on the test prompts. Across seeds: mean and a 95% t-interval. The reference-code preset
+rows are followed by one row per `objective.released_code` switch, the preset with that switch alone
+turned off (same seed, same settings as the preset row): their paired differences with t-values measure
+each detail of the released code. Writes `table.md`, `results.json` and `figure.html` to the output folder.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
@@ -20,12 +21,13 @@ from typing import Any
 
 from .config import config_from_dict
 from .data import load_prompts
+from .reproduce_table import HARD, ablation_markdown, ablations, aggregate, figure_html, markdown
 from .runs import atomic_write_json, atomic_write_text
+from .toy.models import BUILD_RECIPE
 
 LR = tuple({"learning_rate": lr} for lr in (3e-4, 1e-3, 3e-3))
 DPO_LR = tuple({"learning_rate": lr} for lr in (3e-5, 1e-4, 3e-4))
 ADPA = tuple({"learning_rate": lr, "gamma": g} for lr in (1e-3, 3e-3) for g in (0.5, 1.5))
-HARD = ("fact_hard", "arith_2", "arith_3")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,32 @@ class Row:
     objective: dict[str, Any] = field(default_factory=dict)
     sweep: tuple[dict[str, Any], ...] = ({},)
     model: str = "toy:student"  # "dckd": the selected DCKD run of the same seed (ADPA+)
+    base: str | None = None  # an ablation: trained with this row's chosen settings, compared with it
+
+
+PRESET = "reference-code preset (top-50 cache, clipped)"
+PRESET_DCKD = "reference-code preset, DCKD (online teacher)"
+# The preset each released-code switch is measured on: the method whose loss it changes the most.
+SWITCH_BASE = {
+    "reference_imputation": PRESET,
+    "advantage_floor": PRESET,
+    "eos_without_teacher": PRESET,
+    "micro_batch_mean": PRESET,
+    "unit_beta": PRESET,
+    "prob_floors": PRESET_DCKD,
+    "kl_topk_online": PRESET_DCKD,
+}
+# unit_beta off: the paper's advantage beta log(pi_dpo / pi_ref), with the toy teacher's DPO beta.
+TEACHER_BETA = float(BUILD_RECIPE["full"]["teacher_dpo"]["beta"])
+
+
+def switch_off(switch: str) -> Row:
+    """The preset of `SWITCH_BASE[switch]` with that switch alone turned off."""
+    method = "adpa" if SWITCH_BASE[switch] == PRESET else "dckd"
+    objective: dict[str, Any] = {"preset": "reference-code", "released_code": {switch: False}}
+    if switch == "unit_beta":
+        objective["beta"] = TEACHER_BETA
+    return Row(f"{method.upper()} preset without {switch}", method, objective, base=SWITCH_BASE[switch])
 
 
 ROWS = (
@@ -49,7 +77,10 @@ ROWS = (
     Row("ADPA (full vocabulary)", "adpa", {"support": "full"}, ADPA),
     Row("ADPA+ (top-20, from DCKD)", "adpa_plus", {"support": "topk", "k": 20}, ADPA, model="dckd"),
     Row("ADPA without reference", "adpa", {"support": "full", "use_reference": False}, ADPA),
-    Row("reference-code preset (top-50 cache, clipped)", "adpa", {"preset": "reference-code"}, LR),
+    Row(PRESET, "adpa", {"preset": "reference-code"}, LR),
+    *(switch_off(s) for s in SWITCH_BASE if SWITCH_BASE[s] == PRESET),
+    Row(PRESET_DCKD, "dckd", {"preset": "reference-code"}, LR),
+    *(switch_off(s) for s in SWITCH_BASE if SWITCH_BASE[s] == PRESET_DCKD),
     Row("Teacher (DPO, ceiling)", model="toy:teacher"),
 )
 
@@ -77,8 +108,9 @@ def _run_config(row: Row, settings: dict[str, Any], model: str, out: Path, name:
     objective = {"method": row.method, "max_new_tokens": budget.max_new_tokens, **row.objective}
     objective["gamma"] = settings.get("gamma", objective.get("gamma", 0.5))
     if row.objective.get("preset") == "reference-code":
-        objective.update(teacher_source="cache", teacher_cache=str(out / "caches" / "reference-code"))
-        objective.pop("gamma")
+        objective.pop("gamma")  # the preset's 1.6
+        if row.method == "adpa":  # the released ADPA reads a top-k cache; its DCKD row runs online
+            objective.update(teacher_source="cache", teacher_cache=str(out / "caches" / "reference-code"))
     model_cfg: dict[str, Any] = {"student": model, "device": "cpu", "dtype": "float32"}
     if row.method in ("kd", "dckd", "adpa", "adpa_plus"):
         model_cfg.update(teacher="toy:teacher", teacher_ref="toy:teacher_ref")
@@ -124,13 +156,21 @@ def _score(model: str, prompts: list[dict], world: Any, budget: Budget) -> dict[
     return report
 
 
-def _train_row(row: Row, seed_dir: Path, model: str, val: list[dict], world: Any, budget: Budget) -> dict:
-    """Trains every setting of the row's sweep; returns the run chosen by validation reward."""
+def _train_row(
+    row: Row,
+    seed_dir: Path,
+    model: str,
+    val: list[dict],
+    world: Any,
+    budget: Budget,
+    sweep: tuple[dict[str, Any], ...] | None = None,
+) -> dict:
+    """Trains every setting of `sweep` (default: the row's); returns the run chosen by validation reward."""
     from .teacher import build_teacher_cache
     from .train import run_training
 
     candidates = []
-    for i, settings in enumerate(row.sweep if budget.sweep else row.sweep[:1]):
+    for i, settings in enumerate(sweep or (row.sweep if budget.sweep else row.sweep[:1])):
         name = f"{_slug(row.name)}-{i}"
         cfg = _run_config(row, settings, model, seed_dir, name, budget)
         shutil.rmtree(cfg.run_dir, ignore_errors=True)
@@ -220,8 +260,9 @@ def run_seed(seed: int, out: Path, budget: Budget, quick: bool) -> dict[str, Any
         result = json.loads(saved.read_text(encoding="utf-8"))
         gate_failed = not quick and not all(g["ok"] for g in result["health"].values())
         same_world = result.get("world_key") == world_key(seed, quick)
-        if same_world and (result.get("budget") == budget.__dict__ or gate_failed):  # health has no budget
-            return result
+        complete = set(result["rows"]) == {row.name for row in ROWS}
+        if same_world and ((result.get("budget") == budget.__dict__ and complete) or gate_failed):
+            return result  # (health has no budget)
     world = make_world(seed)
     with toy_home(seed_dir / "home"), one_thread():
         manifest = build(seed_dir / "home", seed=seed, quick=quick, progress=False)
@@ -246,111 +287,23 @@ def run_seed(seed: int, out: Path, budget: Budget, quick: bool) -> dict[str, Any
             if row.model == "dckd":
                 model = results["rows"]["DCKD"]["chosen"]["run"]
             if row.method is not None:
-                chosen = _train_row(row, seed_dir, model, val, world, budget)
+                sweep = (results["rows"][row.base]["chosen"]["settings"],) if row.base else None
+                chosen = _train_row(row, seed_dir, model, val, world, budget, sweep)
                 model = chosen["run"]
             report = _score(model, test, world, budget)
             baseline = baseline or report
             results["rows"][row.name] = {
                 "chosen": chosen,
+                **(
+                    {"base": row.base, "switch": next(iter(row.objective["released_code"]))}
+                    if row.base
+                    else {}
+                ),
                 "seconds": time.perf_counter() - t0,
                 **_metrics(report, None if report is baseline else baseline),
             }
         atomic_write_json(saved, results)
         return results
-
-
-# ---------------------------------------------------------------- across seeds
-
-COLUMNS = (
-    ("reward", "reward"),
-    ("fact_hard", "hard facts"),
-    ("arith_2", "arith 2-step"),
-    ("arith_3", "arith 3-step"),
-    ("rude", "rude"),
-    ("ramble", "ramble"),
-    ("win_vs_sft", "win vs SFT"),
-    ("length", "length"),
-    ("never_stopped", "no stop"),
-)
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of a 95% t-interval over seeds (0 for one seed)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, T_975.get(n - 1, 1.96) * sd / math.sqrt(n)
-
-
-def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """{row: {column: [mean, half_width]}} over the seeds."""
-    table: dict[str, dict[str, list[float]]] = {}
-    for row in ROWS:
-        cells = {}
-        for key, _ in COLUMNS:
-            values = [s["rows"][row.name].get(key) for s in per_seed.values()]
-            values = [v for v in values if v is not None]
-            if values:
-                cells[key] = list(mean_ci(values))
-        table[row.name] = cells
-    return table
-
-
-def markdown(table: dict[str, dict[str, list[float]]], seeds: list[int], command: str) -> str:
-    head = "| method | " + " | ".join(label for _, label in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
-    for name, cells in table.items():
-        values = [f"{cells[k][0]:.2f} ± {cells[k][1]:.2f}" if k in cells else "—" for k, _ in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(values) + " |")
-    note = (
-        f"\nSeeds {seeds}; mean ± half-width of a 95% t-interval over seeds. Reward in [-1, 2] on the "
-        f"held-out test prompts (greedy). Command: `{command}`\n"
-    )
-    return "\n".join(lines) + "\n" + note
-
-
-def figure(table: dict[str, dict[str, list[float]]]) -> Any:
-    """A plotly figure of the table: reward and hard-subset correctness per method, with 95% intervals."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    names = list(table)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("held-out reward", "hard-subset correctness"))
-    rewards = [table[n].get("reward", [0, 0]) for n in names]
-    fig.add_trace(
-        go.Bar(
-            x=[r[0] for r in rewards],
-            y=names,
-            orientation="h",
-            name="reward",
-            error_x={"type": "data", "array": [r[1] for r in rewards]},
-        ),
-        1,
-        1,
-    )
-    for key in HARD:
-        vals = [table[n].get(key, [0, 0]) for n in names]
-        fig.add_trace(
-            go.Bar(
-                x=[v[0] for v in vals],
-                y=names,
-                orientation="h",
-                name=key,
-                error_x={"type": "data", "array": [v[1] for v in vals]},
-            ),
-            1,
-            2,
-        )
-    fig.update_layout(height=120 + 40 * len(names), barmode="group", margin={"l": 260})
-    fig.update_yaxes(autorange="reversed")
-    return fig
-
-
-def figure_html(table: dict[str, dict[str, list[float]]]) -> str:
-    return figure(table).to_html(include_plotlyjs="cdn", full_html=True)
 
 
 def reproduce(
@@ -375,15 +328,19 @@ def reproduce(
     if not per_seed:
         raise RuntimeError(f"no seed passed the toy world's health gates: {skipped}")
     table = aggregate(per_seed)
+    diffs = ablations(per_seed)
     results = {
         "seeds": list(per_seed),
         "skipped_seeds": skipped,
         "budget": budget.__dict__,
         "table": table,
+        "released_code_switches": diffs,
         "per_seed": per_seed,
         "command": command,
     }
     atomic_write_json(out / "results.json", results)
-    atomic_write_text(out / "table.md", markdown(table, list(per_seed), command))
+    text = markdown(table, list(per_seed), command)
+    text += "\n## Released-code switches, each turned off alone\n\n" + ablation_markdown(diffs)
+    atomic_write_text(out / "table.md", text)
     atomic_write_text(out / "figure.html", figure_html(table))
     return results

@@ -122,3 +122,27 @@ def win_tie_loss(
         out[name] = float(means[j])
         out[f"{name}_ci"] = [float(lo[j]), float(hi[j])]
     return out
+
+
+# Two-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 9: the normal's 1.96).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def paired_t(values: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:
+    """Paired differences values - baseline (e.g. over seeds): {"n", "mean_diff", "sd", "half_width" (of a
+    95% t-interval), "t" (mean / standard error, n - 1 degrees of freedom)}; sd, half-width and t are None
+    with one pair, and t is None when every difference is the same."""
+    a, b, _ = _paired(values, baseline)
+    diff = a - b  # (n,)
+    n, mean = int(diff.shape[0]), float(diff.mean())
+    if n < 2:
+        return {"n": n, "mean_diff": mean, "sd": None, "half_width": None, "t": None}
+    sd = float(diff.std(ddof=1))
+    se = sd / np.sqrt(n)
+    return {
+        "n": n,
+        "mean_diff": mean,
+        "sd": sd,
+        "half_width": T_975.get(n - 1, 1.96) * se,
+        "t": mean / se if se > 0 else None,
+    }

@@ -7,7 +7,9 @@ teacher's log-probs at the same ids, and the log of each teacher's remaining mas
 Cache layout (`adpa cache-teacher`): `meta.json` (written last: its presence marks a complete cache),
 `index.json` mapping `<group>/<example id>` to `[shard, offset, length, token_hash]`, and shards
 `shard-NNNNN/{ids,dpo_logps,ref_logps,dpo_rest,ref_rest}.npy`, fixed-shape arrays (N, K) / (N,) that are
-memory-mapped on load. The token hash of each sequence detects a stale cache instead of silently using it.
+memory-mapped on load (plus `ref_ids`, the reference teacher's own top-k, when the run's
+`released_code.reference_imputation` needs it; meta.json lists the switches a cache can serve). The
+token hash of each sequence detects a stale cache instead of silently using it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .chunked import OutputLayer, chunk_rows, output_transform
-from .config import ADVANTAGE_METHODS, STUDENT_GROUPS, TEACHER_GROUPS, ConfigError, RunConfig
+from .config import (
+    ADVANTAGE_METHODS,
+    RELEASED_SWITCHES,
+    STUDENT_GROUPS,
+    TEACHER_GROUPS,
+    ConfigError,
+    ObjectiveConfig,
+    RunConfig,
+)
 from .data import collate
 from .losses import IGNORE_INDEX, topk_rest_logp
 from .models import TeacherPair, load_models, load_run_tokenizer, model_fingerprint
@@ -40,11 +50,24 @@ LOGP_DTYPES = ("float16", "bfloat16", "float32")  # numpy has no bfloat16: store
 
 
 CACHE_CHUNK = 1024  # rows per teacher projection while caching (capped by chunk_rows for large V)
-ROW_FIELDS = ("topk_ids", "dpo_topk_logps", "ref_topk_logps", "dpo_rest_logp", "ref_rest_logp")
+ROW_FIELDS = (
+    "topk_ids",
+    "dpo_topk_logps",
+    "ref_topk_logps",
+    "dpo_rest_logp",
+    "ref_rest_logp",
+    "ref_topk_ids",
+)
 
 
 class StaleCacheError(RuntimeError):
     """The teacher cache does not match the data, tokenizer or teachers of this run."""
+
+
+def served_switches(ref_topk: bool) -> list[str]:
+    """The `objective.released_code` switches a top-k cache can serve: all of them work from the cached
+    bins, except reference imputation, which needs the reference teacher's own top-k ids."""
+    return [name for name in RELEASED_SWITCHES if ref_topk or name != "reference_imputation"]
 
 
 @dataclass
@@ -58,6 +81,7 @@ class TeacherTargets:
     ref_topk_logps: Tensor | None = None  # (B, T, K) the reference's exact log-probs at the same ids
     dpo_rest_logp: Tensor | None = None  # (B, T) log of the DPO teacher's mass outside the ids
     ref_rest_logp: Tensor | None = None  # (B, T)
+    ref_topk_ids: Tensor | None = None  # (B, T, K) the reference's own top-k (released-code imputation)
 
     @property
     def cached(self) -> bool:
@@ -160,6 +184,7 @@ def build_teacher_cache(
     device = next(pair.dpo.parameters()).device
     # Only ADPA needs the reference teacher's log-probs (at the DPO teacher's top-k ids).
     with_ref = method in ("adpa", "adpa_plus") and cfg.objective.use_reference and pair.has_reference
+    ref_topk = with_ref and bool(cfg.objective.released_code.reference_imputation)
     k = min(cfg.objective.k, vocab)
     writer = CacheWriter(out, k, vocab, logp_dtype)
     bs = batch_size or cfg.train.batch_size
@@ -169,13 +194,17 @@ def build_teacher_cache(
             for group in groups:
                 for start in tqdm(range(0, len(rows[split]), bs), desc=f"caching teacher ({split}, {group})"):
                     part = rows[split][start : start + bs]
-                    _cache_batch(writer, pair, part, group, tokenizer, cfg, k, vocab, with_ref, device)
+                    _cache_batch(
+                        writer, pair, part, group, tokenizer, cfg, k, vocab, with_ref, device, ref_topk
+                    )
         seconds = time.perf_counter() - t0
         meta = {
             **cache_identity(cfg, vocab),
             "groups": list(groups),
             "splits": list(splits),
             "has_reference": with_ref,
+            "reference_topk": ref_topk,
+            "released_code_serves": served_switches(ref_topk),
             "data": cfg.data.train,
             "build_seconds": seconds,
         }
@@ -187,20 +216,21 @@ def build_teacher_cache(
     return meta
 
 
-def _cache_batch(writer, pair, part, group, tokenizer, cfg, k, vocab, with_ref, device) -> None:
+def _cache_batch(writer, pair, part, group, tokenizer, cfg, k, vocab, with_ref, device, ref_topk) -> None:
     batch = collate(part, (group,), tokenizer.pad_token_id, cfg.data.padding_side)
     batch = {key: (v.to(device) if key != "ids" else v) for key, v in batch.items()}
-    for b, entry in enumerate(topk_entry(pair, batch, k, vocab, with_ref)):
+    for b, entry in enumerate(topk_entry(pair, batch, k, vocab, with_ref, ref_topk)):
         token_hash = sequence_hash(batch["input_ids"][b], batch["attention_mask"][b], batch["labels"][b])
         writer.add(f"{group}/{batch['ids'][b]}", token_hash, entry)
 
 
 @torch.no_grad()
 def topk_entry(
-    pair: TeacherPair, batch: dict[str, Any], k: int, vocab_size: int, with_ref: bool
+    pair: TeacherPair, batch: dict[str, Any], k: int, vocab_size: int, with_ref: bool, ref_topk: bool = False
 ) -> list[dict[str, np.ndarray]]:
     """Top-k teacher arrays for each sequence of a batch at its counted positions, projected to the
-    vocabulary a chunk of rows at a time (no (B, T, V) tensor, no prompt positions)."""
+    vocabulary a chunk of rows at a time (no (B, T, V) tensor, no prompt positions); `ref_topk` adds the
+    reference teacher's own top-k ids."""
     counted = batch["labels"] != IGNORE_INDEX  # (B, T)
     rows = OnlineTeacher(pair, vocab_size).row_targets(batch, "", with_ref, counted)
     n, k, step = int(counted.sum()), min(k, vocab_size), chunk_rows(CACHE_CHUNK, vocab_size)
@@ -211,8 +241,11 @@ def topk_entry(
         dpo_topk, ids = dpo.topk(k, dim=-1)  # (C, K)
         part = {"ids": ids, "dpo_logps": dpo_topk, "dpo_rest": topk_rest_logp(dpo_topk)}
         if with_ref:
-            ref_topk = torch.log_softmax(t.ref_logits[0].float(), -1).gather(-1, ids)  # (C, K)
-            part.update(ref_logps=ref_topk, ref_rest=topk_rest_logp(ref_topk))
+            ref = torch.log_softmax(t.ref_logits[0].float(), -1)  # (C, V)
+            ref_at_ids = ref.gather(-1, ids)  # (C, K)
+            part.update(ref_logps=ref_at_ids, ref_rest=topk_rest_logp(ref_at_ids))
+            if ref_topk:
+                part["ref_ids"] = ref.topk(k, dim=-1).indices  # (C, K)
         for name, value in part.items():
             parts.setdefault(name, []).append(value.cpu())
     flat = {name: torch.cat(values).numpy() for name, values in parts.items()}  # (N, ...)
@@ -266,8 +299,8 @@ class CacheWriter:
         folder.mkdir()
         for name in self.pending[0]:
             arr = np.concatenate([e[name] for e in self.pending])
-            if name == "ids":
-                encoded = encode_ids(arr, self.vocab_size)
+            if name in ("ids", "ref_ids"):  # -> ids_lo / ids_hi, ref_ids_lo / ref_ids_hi
+                encoded = {f"{name}{key[3:]}": v for key, v in encode_ids(arr, self.vocab_size).items()}
             elif name.endswith("_logps"):
                 encoded = {name: _encode_logps(arr, self.logp_dtype)}
             else:
@@ -353,7 +386,8 @@ def _read_json(path: Path) -> Any:
 def open_teacher_cache(cfg: RunConfig, vocab_size: int) -> TeacherCache:
     """The run's teacher cache, once it is known to serve this run exactly (else one clear error, before
     any model is loaded): same teachers and vocabulary, the method's response groups, the eval split when
-    the run evaluates, at least `objective.k` ids, and the reference teacher's log-probs for ADPA."""
+    the run evaluates, at least `objective.k` ids, and the reference teacher's log-probs for ADPA (and its
+    own top-k ids when `released_code.reference_imputation` is on)."""
     obj = cfg.objective
     cache = TeacherCache(obj.teacher_cache, expect=cache_identity(cfg, vocab_size))
     where, rebuild = cache.path, "rebuild it with `adpa cache-teacher` and this config"
@@ -380,6 +414,7 @@ def open_teacher_cache(cfg: RunConfig, vocab_size: int) -> TeacherCache:
             raise StaleCacheError(
                 f"{where} holds no reference teacher log-probs, which ADPA needs; {rebuild}"
             )
+        cache.check_serves(obj)
         if not obj.use_reference and not complete:
             raise ConfigError(
                 "objective.use_reference=false (the no-reference ablation) needs the DPO teacher's log-prob "
@@ -433,6 +468,17 @@ class TeacherCache:
     def has_reference(self) -> bool:
         return bool(self.meta.get("has_reference"))
 
+    def check_serves(self, obj: ObjectiveConfig) -> None:
+        """Refuses an ADPA run whose released-code switches this cache cannot serve (`served_switches`)."""
+        serves = set(self.meta.get("released_code_serves", served_switches(False)))
+        missing = [name for name in obj.released_code.enabled() if name not in serves]
+        if missing:
+            raise StaleCacheError(
+                f"{self.path} cannot serve objective.released_code.{missing[0]}=true (it holds no reference "
+                "teacher top-k ids); rebuild it with `adpa cache-teacher` under this run's config, or turn "
+                "the switch off"
+            )
+
     def _shard(self, i: int) -> dict[str, np.ndarray]:
         if i not in self._shards:
             folder = self.path / f"shard-{i:05d}"
@@ -460,6 +506,7 @@ class TeacherCache:
         ids = torch.arange(k).expand(bsz, length, k).clone()
         logps = {n: torch.full((bsz, length, k), -float(np.log(k))) for n in ("dpo", "ref")}
         rests = {n: torch.full((bsz, length), -float("inf")) for n in ("dpo", "ref")}
+        ref_ids = ids.clone() if self.meta.get("reference_topk") else None
         dtype = self.meta["logp_dtype"]
         for b, example_id in enumerate(batch["ids"]):
             key = f"{group}/{example_id}"
@@ -477,6 +524,9 @@ class TeacherCache:
             arrays = self._shard(shard)
             rows = slice(offset, offset + n)
             ids[b, counted[b]] = torch.from_numpy(decode_ids(arrays, rows, k))
+            if ref_ids is not None:
+                own = {key[4:]: arrays[key] for key in ("ref_ids_lo", "ref_ids_hi") if key in arrays}
+                ref_ids[b, counted[b]] = torch.from_numpy(decode_ids(own, rows, k))
             for name in ("dpo", "ref"):
                 if f"{name}_logps" in arrays:
                     logps[name][b, counted[b]] = _decode_logps(arrays[f"{name}_logps"][rows], dtype)
@@ -489,4 +539,5 @@ class TeacherCache:
             ref_topk_logps=logps["ref"].to(device) if has_ref else None,
             dpo_rest_logp=rests["dpo"].to(device),
             ref_rest_logp=rests["ref"].to(device) if has_ref else None,
+            ref_topk_ids=ref_ids.to(device) if ref_ids is not None else None,
         )

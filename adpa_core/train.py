@@ -32,7 +32,7 @@ from . import objectives as O
 from .checkpoint import load_state, rng_state, save_state
 from .chunked import chunk_rows, chunking_problem, output_layer, sequence_logps_chunked
 from .config import STUDENT_GROUPS, ConfigError, RunConfig, save_config
-from .data import chat_template_id, collate
+from .data import chat_template_id, collate, end_of_turn_id
 from .losses import sequence_logps
 from .models import adapter_disabled, frozen_copy, load_models, load_run_tokenizer, save_student
 from .prepare import attach_yhat, load_rows, yhat_path
@@ -224,7 +224,8 @@ def setup(cfg: RunConfig, run: RunDir, acc: Accelerator) -> Session:
     prepared, optimizer = acc.prepare(student, optimizer)
     head = output_layer(student) if chunk else None
     teacher = cache if cache is not None else OnlineTeacher(pair, vocab) if pair is not None else None
-    ctx = O.StepContext(prepared, cfg.objective, vocab, teacher, reference, chunk, head)
+    eot = end_of_turn_id(tokenizer) if cfg.objective.released_code.eos_without_teacher else None
+    ctx = O.StepContext(prepared, cfg.objective, vocab, teacher, reference, chunk, head, eot)
     return Session(cfg, run, acc, tokenizer, student, ctx, rows, eval_rows, optimizer, scheduler)
 
 

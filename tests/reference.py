@@ -281,3 +281,139 @@ def topk_adpa_loss_term(
 ) -> Tensor:
     per_token = topk_adpa_per_token(student_logits, topk_ids, topk_advantages, labels, rest_advantage)
     return _reduce_by_labels(per_token, labels, reduction)
+
+
+# ---------------------------------------------------------------- the released code's semantics
+#
+# A transcription of the released training script and its precompute scripts, one position at a time:
+# teacher data as the precompute stores it (each teacher's own top-k probabilities as {id: p} dicts), the
+# margin (advantage) dict built from the two dicts, the loader's clamps as Python conditionals (a value
+# replaced by a constant carries no gradient), token means per micro-batch. Each detail is switched by the
+# name of its `objective.released_code` switch, so that one can be turned off at a time.
+
+P_LO, P_HI, FLOOR = 1e-8, 1.0 - 1e-8, 1e-7
+
+
+def _const(x: float) -> Tensor:
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def _clamped(p: Tensor) -> Tensor:
+    """torch.clamp(p, 1e-8, 1 - 1e-8): a constant outside (no gradient there)."""
+    value = float(p.detach())
+    return _const(P_LO) if value < P_LO else _const(P_HI) if value > P_HI else p
+
+
+def _top(probs: list[float], k: int) -> dict[int, float]:
+    """A teacher's compressed top-k as the precompute stores it: {id: probability}, highest first."""
+    order = sorted(range(len(probs)), key=lambda a: -probs[a])[:k]
+    return {a: probs[a] for a in order}
+
+
+def _margin(dpo: dict[int, float], ref: dict[int, float], ref_all: list[float], sw: dict, beta: float):
+    """The advantage at each DPO top-k id ({id: A}, before the clip)."""
+    floor = (lambda p: max(p, FLOOR)) if sw["advantage_floor"] else (lambda p: p)
+    if sw["reference_imputation"]:  # default for every id: the smallest DPO probability, floored
+        fallback = max(min(dpo.values()), FLOOR)
+        p_ref = {a: floor(ref[a]) if a in ref else fallback for a in dpo}
+    else:
+        p_ref = {a: floor(ref_all[a]) for a in dpo}
+    scale = 1.0 if sw["unit_beta"] else beta
+    return {a: scale * math.log(floor(p) / p_ref[a]) for a, p in dpo.items()}
+
+
+def _released_kl(log_q: list[Tensor], dpo_all: list[float], k: int, sw: dict, topk: bool, data: bool):
+    if not topk:  # the full-vocabulary KL
+        if not data:
+            return _zero()
+        return sum((p * (math.log(p) - lq) for p, lq in zip(dpo_all, log_q, strict=True) if p > 0), _zero())
+    top = _top(dpo_all, k)
+    q = [torch.exp(log_q[a]) for a in top]
+    q.append(1.0 - sum(q))  # the student's rest bin, before any clamp
+    p = [*top.values(), 1.0 - sum(top.values())]
+    if not sw["prob_floors"]:  # exact: the rest bin's mass summed over the tokens outside the top-k
+        if not data:
+            return _zero()
+        q[-1] = sum((torch.exp(lq) for a, lq in enumerate(log_q) if a not in top), _zero())
+        terms = [pi * (math.log(pi) - torch.log(qi)) for pi, qi in zip(p, q, strict=True) if pi > 1e-12]
+        return sum(terms, _zero())
+    if not data:  # no teacher data: both sides all zeros before the clamps
+        q, p = [_const(0.0)] * len(q), [0.0] * len(p)
+    q = [_clamped(qi) for qi in q]
+    q = [_const(FLOOR) if float(qi.detach()) < FLOOR else qi for qi in q]
+    p = [min(max(pi, P_LO), P_HI) for pi in p]
+    return sum((pi * (math.log(pi) - torch.log(qi)) for pi, qi in zip(p, q, strict=True)), _zero())
+
+
+def _released_adpa(log_q, dpo_all, ref_all, k, sw, beta, clip, data: bool) -> Tensor:
+    top = _top(dpo_all, k)
+    margin = _margin(top, _top(ref_all, k), ref_all, sw, beta)
+    cut = (lambda a: min(max(a, clip[0]), clip[1])) if clip is not None else (lambda a: a)
+    ids = list(margin)
+    s = [torch.exp(log_q[a]) for a in ids]
+    adv = [cut(margin[a]) for a in ids]
+    if sw["prob_floors"]:  # the rest bin, with the margin dict's missing rest mass 0 through the clamp
+        s.append(1.0 - sum(s))
+        adv.append(cut(0.0))
+    if not data:
+        s, adv = [_const(0.0)] * len(s), [cut(0.0)] * len(adv)
+    if sw["prob_floors"]:
+        s = [_clamped(si) for si in s]
+    return -sum((si * a for si, a in zip(s, adv, strict=True)), _zero())
+
+
+def released_objective(
+    micro_batches: list[dict[str, dict[str, Tensor]]],
+    method: str,
+    switches: dict[str, bool],
+    *,
+    k: int,
+    eot: int,
+    cached: bool = False,
+    gamma: float = 1.6,
+    beta: float = 1.0,
+    clip: Sequence[float] | None = (1e-8, 1 - 1e-8),
+    w_kl: float = 0.1,
+) -> Tensor:
+    """The step loss of `method` (kd, dckd or adpa) over `micro_batches`, each {group: {"student",
+    "labels", "dpo", "ref"}} with (B, T, V) logits and (B, T) labels. `cached`: the teacher is a top-k
+    cache (KL over k + 1 bins whatever `kl_topk_online` says)."""
+    terms = {"nll": ("chosen", 1.0)}
+    if method == "adpa":
+        terms["adpa"] = ("yhat", gamma)
+    else:
+        terms["kl_chosen"] = ("chosen", w_kl)
+        if method == "dckd":
+            terms["kl_rejected"] = ("rejected", w_kl)
+    total = _zero()
+    for name, (group, weight) in terms.items():
+        per_mb = []  # per micro-batch: per sequence: [token values]
+        for mb in micro_batches:
+            g = mb[group]
+            seqs = []
+            for b in range(g["labels"].shape[0]):
+                counted = [t for t in range(g["labels"].shape[1]) if int(g["labels"][b, t]) != IGNORE_INDEX]
+                values = []
+                for t in counted:
+                    label = int(g["labels"][b, t])
+                    log_q = _log_softmax(_row(g["student"], b, t))
+                    if name == "nll":
+                        values.append(-log_q[label])
+                        continue
+                    data = not (switches["eos_without_teacher"] and t == counted[-1] and label == eot)
+                    dpo_all = [math.exp(float(v)) for v in _log_softmax(_row(g["dpo"].detach(), b, t))]
+                    if name == "adpa":
+                        ref_all = [math.exp(float(v)) for v in _log_softmax(_row(g["ref"].detach(), b, t))]
+                        values.append(_released_adpa(log_q, dpo_all, ref_all, k, switches, beta, clip, data))
+                    else:
+                        topk = cached or switches["kl_topk_online"]
+                        values.append(_released_kl(log_q, dpo_all, k, switches, topk, data))
+                if values:
+                    seqs.append(values)
+            per_mb.append(seqs)
+        if switches["micro_batch_mean"]:  # a token mean per micro-batch, then the mean over micro-batches
+            means = [sum(v for s in seqs for v in s) / sum(len(s) for s in seqs) for seqs in per_mb if seqs]
+        else:  # the library's default: mean of per-sequence means over the whole step
+            means = [sum(s) / len(s) for seqs in per_mb for s in seqs]
+        total = total + weight * (sum(means) / len(means))
+    return total

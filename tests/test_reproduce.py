@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from adpa_core.reproduce import ROWS, aggregate, markdown, mean_ci, reproduce
+from adpa_core.config import RELEASED_SWITCHES
+from adpa_core.reproduce import ROWS, reproduce
+from adpa_core.reproduce_table import ablation_markdown, ablations, aggregate, markdown, mean_ci
 
 
 def test_mean_ci_by_hand():
@@ -30,6 +32,15 @@ def test_quick_reproduce_runs_every_row(toy_home, tmp_path):
             assert rows[row.name]["chosen"]["val_reward"] is not None
     table = (tmp_path / "table.md").read_text()
     assert all(r.name in table for r in ROWS)
+    switches = results["released_code_switches"]  # one row per switch, measured against its preset
+    assert sorted(d["switch"] for d in switches.values()) == sorted(RELEASED_SWITCHES)
+    for name, d in switches.items():
+        assert rows[name]["chosen"]["settings"] == rows[d["base"]]["chosen"]["settings"]
+        assert (
+            d["reward"]["n"] == 1
+            and d["reward"]["mean_diff"] == rows[name]["reward"] - rows[d["base"]]["reward"]
+        )
+        assert f"`{d['switch']}`" in table
     assert json.loads((tmp_path / "results.json").read_text())["seeds"] == [0]
     assert "plotly" in (tmp_path / "figure.html").read_text()
 
@@ -70,9 +81,19 @@ def test_saved_seeds_are_reused_only_for_the_same_world_and_budget(tmp_path, mon
     saved = tmp_path / "seed-3" / "result.json"
     saved.parent.mkdir(parents=True)
     healthy = {"teacher_fact_easy": {"value": 1.0, "min": 0.9, "ok": True}}
-    result = {"world_key": toy_build.world_key(3), "health": healthy, "rows": {}, "budget": Budget().__dict__}
+    rows = {r.name: {"reward": 1.0} for r in ROWS}
+    result = {
+        "world_key": toy_build.world_key(3),
+        "health": healthy,
+        "rows": rows,
+        "budget": Budget().__dict__,
+    }
     saved.write_text(json.dumps(result))
     assert run_seed(3, tmp_path, Budget(), quick=False) == result
+    saved.write_text(json.dumps({**result, "rows": {}}))  # saved before rows were added: measured again
+    with pytest.raises(Rebuilt):
+        run_seed(3, tmp_path, Budget(), quick=False)
+    saved.write_text(json.dumps(result))
     with pytest.raises(Rebuilt):  # another budget: the rows are measured again
         run_seed(3, tmp_path, Budget(steps=7), quick=False)
     unhealthy = {**result, "health": {"teacher_fact_easy": {"value": 0.5, "min": 0.9, "ok": False}}}
@@ -83,3 +104,28 @@ def test_saved_seeds_are_reused_only_for_the_same_world_and_budget(tmp_path, mon
         with pytest.raises(Rebuilt):
             run_seed(3, tmp_path, Budget(), quick=False)
     assert toy_build.world_key(3) != toy_build.world_key(4) != toy_build.world_key(4, quick=True)
+
+
+def test_switch_rows_paired_differences_by_hand():
+    base, off = "preset", "preset without x"
+    per_seed = {
+        i: {
+            "rows": {base: {"reward": r0, "fact_hard": 0.5}, off: {"reward": r1, "base": base, "switch": "x"}}
+        }
+        for i, (r0, r1) in enumerate([(1.0, 1.1), (1.2, 1.2), (1.4, 1.7)])
+    }
+    d = ablations(per_seed)[off]
+    # differences 0.1, 0.0, 0.3: mean 0.1333, sd 0.1528, t = mean / (sd / sqrt 3) = 1.512
+    assert d["base"] == base and d["reward"]["n"] == 3 and "fact_hard" not in d
+    assert d["reward"]["mean_diff"] == pytest.approx(0.4 / 3)
+    assert d["reward"]["t"] == pytest.approx((0.4 / 3) / (0.152753 / 3**0.5), rel=1e-5)
+    assert d["reward"]["half_width"] == pytest.approx(4.303 * 0.152753 / 3**0.5, rel=1e-5)
+    assert "| `x` | preset | +0.133 ± 0.379 | 1.51 | — | — | 3 |" in ablation_markdown(ablations(per_seed))
+
+
+def test_every_switch_has_a_row_against_its_preset():
+    switch_rows = [r for r in ROWS if r.base is not None]
+    assert sorted(next(iter(r.objective["released_code"])) for r in switch_rows) == sorted(RELEASED_SWITCHES)
+    names = [r.name for r in ROWS]
+    for row in switch_rows:
+        assert row.base in names and names.index(row.base) < names.index(row.name)  # measured after it
