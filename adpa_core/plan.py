@@ -28,10 +28,12 @@ STRATEGIES = ("single", "ddp", "fsdp", "zero3", "zero3_offload")
 LABELS = {"single": "single", "ddp": "DDP", "fsdp": "FSDP", "zero3": "ZeRO-3", "zero3_offload": "ZeRO-3+off"}
 CUDA_RESERVE = 1.5 * GIB  # CUDA context, kernels and allocator slack: not tensors, but not free either
 QUANT_BYTES = {"none": None, "8bit": 1.0, "4bit": 0.5 + 0.5 / 64 * 1.03}  # nf4 + double-quantized scales
-# Float32 (rows, V) tensors alive at the loss's peak, counted in losses.py / chunked.py and checked by the
-# CPU benchmark: naive = logits, their log-softmax and its gradient, the teacher's log-softmax; chunked =
-# per chunk the logits leaf, log-softmax, softmax, their gradients and the teacher chunk's.
-NAIVE_STUDENT_COPIES, NAIVE_TEACHER_COPIES, CHUNK_COPIES = 4, 3, 8
+# Float32 (rows, V) tensors alive at the loss's peak (objectives.py runs the groups one after another):
+# naive: the student's logits and their gradient over all rows, then per group its log-softmax and one
+# temporary, plus the teacher's logits and log-softmax (KL) or both teachers' and the advantage (ADPA);
+# chunked: per chunk of counted rows the logits leaf and its log-softmax, plus the teacher chunk's logits
+# and log-softmax (KL) or both teachers' and the advantage (ADPA). Checked by benchmarks/plan_memory.py.
+TEACHER_COPIES = {"none": 0, "kl": 2, "adpa": 4}
 
 
 @dataclass(frozen=True)
@@ -155,15 +157,17 @@ def activation_bytes(arch: Arch, tokens: int, b_act: int, checkpointing: bool, l
     return tokens * (arch.layers * per_layer + edges) * b_act
 
 
-def loss_bytes(cfg: RunConfig, arch: Arch, rows: int, t_rows: int, chunked: bool) -> float:
-    """The loss's peak: naive full logits at every position of the student's rows (and the teacher's), or
-    chunked: one chunk of the counted (response) positions, plus their hidden rows and stored gradient."""
-    v = arch.vocab
+def loss_bytes(cfg: RunConfig, arch: Arch, teacher: str, chunked: bool) -> float:
+    """The loss's peak (see TEACHER_COPIES): naive full logits at every position, or chunked: one chunk of
+    a group's counted (response) positions, plus the hidden rows of the counted positions and their
+    stored gradient. `teacher`: none, kl or adpa."""
+    v, d, b = arch.vocab, cfg.data, cfg.train.batch_size
+    group, groups = b * d.max_length, len(STUDENT_GROUPS[cfg.objective.method])
     if not chunked:
-        return 4 * v * (NAIVE_STUDENT_COPIES * rows + NAIVE_TEACHER_COPIES * t_rows)
-    counted = rows // cfg.data.max_length * (cfg.data.max_length - cfg.data.max_prompt_length)
+        return 4 * v * (2 * groups * group + (2 + TEACHER_COPIES[teacher]) * group)
+    counted = b * (d.max_length - d.max_prompt_length)
     c = min(chunk_rows(cfg.train.chunk_size, v), counted)
-    return 4 * v * CHUNK_COPIES * c + 2 * 4 * counted * arch.hidden
+    return 4 * v * (2 + TEACHER_COPIES[teacher]) * c + 2 * 4 * groups * counted * arch.hidden
 
 
 @dataclass
@@ -194,7 +198,7 @@ def plan(cfg: RunConfig, student: Arch, teacher: Arch | None, gpus: int = 8, dev
         2 if mp or b_w == 2 else 4
     )
     optim_single = trainable * 3 * (4 if m.lora else b_w)  # gradient + two AdamW moments
-    optim_zero = trainable * (4 + 8 + (4 if mp else 0))  # gradient, moments, (mixed precision) fp32 master
+    optim_zero = trainable * (4 + 8 + 4)  # gradient, moments and ZeRO's float32 partition copy
     rows: dict[str, dict[str, float]] = {
         "student weights": {
             "single": weights,
@@ -216,12 +220,17 @@ def plan(cfg: RunConfig, student: Arch, teacher: Arch | None, gpus: int = 8, dev
         rows["DPO reference (frozen copy)"] = dict.fromkeys(STRATEGIES, student.params() * b_w)
     groups = len(STUDENT_GROUPS[obj.method])
     s_rows = t.batch_size * groups * cfg.data.max_length
-    t_rows = t.batch_size * len(TEACHER_GROUPS.get(obj.method, ())) * cfg.data.max_length
+    t_rows = t.batch_size * cfg.data.max_length  # the teachers run on one group at a time
     acts = {ck: activation_bytes(student, s_rows, b_act, ck, m.lora) for ck in (False, True)}
     rows["activations"] = dict.fromkeys(STRATEGIES, acts[t.gradient_checkpointing])
     alternatives = {f"activations, checkpointing {'on' if k else 'off'}": v for k, v in acts.items()}
-    notes = [f"global batch = batch_size x GPUs x grad_accum = {t.batch_size} x {gpus} x {t.grad_accum}"]
-    if teacher is not None and obj.teacher_source == "online":
+    notes = [
+        f"global batch = batch_size x GPUs x grad_accum = {t.batch_size} x {gpus} x {t.grad_accum} = "
+        f"{t.batch_size * gpus * t.grad_accum}: divide train.grad_accum by the GPUs to keep a recipe's batch",
+        "ZeRO-3+off: offload_optimizer_device cpu (gradients and AdamW state in host memory)",
+    ]
+    online = teacher is not None and obj.teacher_source == "online" and obj.method in TEACHER_GROUPS
+    if online:
         n_models = 1 if (m.teacher_adapter or not m.teacher_ref) else 2
         for quant in ("none", "8bit", "4bit"):
             label = {"none": "bf16" if b_w == 2 else "float32", "8bit": "8-bit", "4bit": "4-bit"}[quant]
@@ -235,10 +244,9 @@ def plan(cfg: RunConfig, student: Arch, teacher: Arch | None, gpus: int = 8, dev
             notes.append(
                 f"the DPO adapter {m.teacher_adapter} is not counted (a LoRA adapter: < 1% of the base)"
             )
-    else:
-        t_rows = 0
+    kind = "none" if not online else ("adpa" if obj.method.startswith("adpa") else "kl")
     chunked = t.chunked_loss == "on" or (t.chunked_loss == "auto" and student.vocab >= 8192)
-    losses = {c: loss_bytes(cfg, student, s_rows, t_rows, c) for c in (False, True)}
+    losses = {c: loss_bytes(cfg, student, kind, c) for c in (False, True)}
     rows[f"loss peak ({'chunked' if chunked else 'naive'})"] = dict.fromkeys(STRATEGIES, losses[chunked])
     alternatives["loss peak naive"], alternatives["loss peak chunked"] = losses[False], losses[True]
     if device == "cuda":
@@ -250,7 +258,7 @@ def render(p: Plan, gpu_mem_gb: float, header: list[str]) -> str:
     """The plan as a text table (GiB per GPU) with a fits / does not fit line."""
     cols = [f"{LABELS[s]}" + ("" if s == "single" else f" x{p.gpus}") for s in STRATEGIES]
     width = max(len(k) for k in p.rows) + 2
-    line = lambda name, vals: name.ljust(width) + "".join(v.rjust(12) for v in vals)
+    line = lambda name, vals: name.ljust(width) + "".join(v.rjust(14) for v in vals)
     out = [*header, "", line("memory per GPU (GiB)", cols)]
     for name, vals in p.rows.items():
         out.append(line(name, [f"{vals[s] / GIB:.2f}" for s in STRATEGIES]))
@@ -272,7 +280,7 @@ def plan_config(cfg: RunConfig, gpus: int, gpu_mem_gb: float) -> str:
     if m.lora:
         header[0] += f", LoRA r {m.lora_r}: {student.lora_params(m.lora_r) / 1e6:.1f} M trainable"
     if teacher is not None:
-        quant = m.teacher_quantization if m.teacher_quantization != "none" else "unquantized"
+        quant = {"none": "unquantized", "8bit": "8-bit", "4bit": "4-bit"}[m.teacher_quantization]
         header.append(
             f"teacher {m.teacher}: {teacher.params() / 1e9:.3f} B parameters ({teacher.source}), {quant}"
         )

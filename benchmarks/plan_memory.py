@@ -5,7 +5,8 @@
 
 Each case is a fresh subprocess that loads the run (`train.setup`: models, teachers, optimizer) and runs two
 optimizer steps (the first creates AdamW's state). Measured = the resident set's high-water mark during the
-steps (reset after loading) minus the resident set before anything was loaded, i.e. everything the run holds:
+steps (reset after loading) minus the resident set before anything was loaded (libraries imported and the
+process group set up first), i.e. everything the run holds:
 weights, teachers, gradients, optimizer state, activations, the loss. glibc's mmap threshold is fixed at
 64 KiB in the children so that freed tensors go back to the system (the high-water mark then tracks tensor
 memory). Predicted = `adpa_core.plan.plan(...)`, strategy `single`, device `cpu` (float32, no CUDA reserve),
@@ -41,9 +42,14 @@ CASES = {  # method, objective, train, model
     "sft, checkpointing": ("sft", {}, {"chunked_loss": "off", "gradient_checkpointing": True}, {}),
     "dckd, naive loss": ("dckd", {}, {"chunked_loss": "off"}, {}),
     "dckd, chunked loss": ("dckd", {}, {"chunked_loss": "on"}, {}),
+    "adpa, naive loss": ("adpa", {}, {"chunked_loss": "off"}, {}),
     "adpa, chunked loss": ("adpa", {}, {"chunked_loss": "on"}, {}),
     "dckd, LoRA r 16, chunked": ("dckd", {}, {"chunked_loss": "on"}, {"lora": True, "lora_r": 16}),
 }
+# Two CPU processes under an engine (accelerate launch): the largest per-process peak against the plan of
+# that strategy for 2 GPUs (teachers whole on each process, the student sharded).
+LAUNCHED = {"fsdp": "FSDP x2", "zero3": "ZeRO-3 x2"}
+LAUNCHED_CASE = "dckd, chunked loss"
 TOLERANCE = 0.2
 
 
@@ -65,8 +71,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = case_config(world, Path(spec["out"]), spec["case"], spec["batch"])
     if cfg.objective.method == "adpa":
         W.write_yhat(world, cfg)
+    acc = _accelerator(cfg)  # the process group and the engine's code are not the run's memory
+    if acc.distributed_type == "DEEPSPEED":
+        import deepspeed  # noqa: F401  (imported by accelerate's prepare otherwise, inside the region)
+    import torch.distributed.checkpoint  # noqa: F401
+    import torch.distributed.fsdp  # noqa: F401
+
     before = C._status_kib("VmRSS") * 1024
-    s = setup(cfg, RunDir(cfg.run_dir), _accelerator(cfg))
+    s = setup(cfg, RunDir(cfg.run_dir), acc)
     with C.PeakMemory(torch.device("cpu")) as peak:
         for _ in range(2):
             optimizer_step(s)
@@ -74,15 +86,40 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return {"measured_mib": (peak.peak - before) / C.MIB, "exact": peak.exact}
 
 
-def predicted_mib(world: W.World, cfg: Any) -> dict[str, Any]:
+def predicted_mib(world: W.World, cfg: Any, strategy: str = "single", gpus: int = 1) -> dict[str, Any]:
     from adpa_core.plan import plan, resolve_arch
 
     real = {"max_length": world.seq_tokens, "max_prompt_length": world.prompt_tokens}  # the batch's lengths
     cfg = replace(cfg, data=replace(cfg.data, **real))
     teacher = resolve_arch(world.teacher) if cfg.model.teacher else None
-    p = plan(cfg, resolve_arch(world.student), teacher, gpus=1, device="cpu")
-    parts = {name: vals["single"] / C.MIB for name, vals in p.rows.items()}
-    return {"predicted_mib": p.total("single") / C.MIB, "parts_mib": parts}
+    p = plan(cfg, resolve_arch(world.student), teacher, gpus=gpus, device="cpu")
+    parts = {name: vals[strategy] / C.MIB for name, vals in p.rows.items()}
+    return {"predicted_mib": p.total(strategy) / C.MIB, "parts_mib": parts}
+
+
+def run_launched(engine: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """`accelerate launch --config_file configs/accelerate/<engine>.yaml` of a case on 2 CPU processes."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    config = str(C.REPO_ROOT / "configs" / "accelerate" / f"{engine}.yaml")
+    cmd = [accelerate, "launch", "--config_file", config, "--num_processes", "2", "--main_process_port",
+           str(port), "-m", "benchmarks.plan_memory", "--child", json.dumps(spec)]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, cwd=C.REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    found = [json.loads(line[len(C.RESULT_MARK) :]) for line in proc.stdout.splitlines()
+             if line.startswith(C.RESULT_MARK)]  # fmt: skip
+    if len(found) != 2:
+        return {"error": f"exit code {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
+    per = [r["measured_mib"] for r in found]
+    return {"measured_mib": max(per), "per_process_mib": per, "exact": all(r["exact"] for r in found)}
 
 
 def run(sizes: dict, threads: int | None, root: Path) -> list[dict[str, Any]]:
@@ -101,6 +138,19 @@ def run(sizes: dict, threads: int | None, root: Path) -> list[dict[str, Any]]:
                 row["ratio"] = row["predicted_mib"] / row["measured_mib"]
             rows.append(row)
             print(f"{size} {case}: {got}", flush=True)
+        if size != "A":
+            continue
+        for engine, label in LAUNCHED.items():
+            spec = {"world": world.__dict__, "out": str(root / size / engine), "case": LAUNCHED_CASE}
+            got = run_launched(engine, {**spec, "batch": batch // 2, "threads": threads}, timeout=1200)
+            row = {"size": size, "case": f"{LAUNCHED_CASE}, {label}", "vocab": vocab, "student": str(student)}
+            row.update(batch=batch // 2, teacher=str(teacher), seq_tokens=world.seq_tokens, **got)
+            cfg = case_config(world, root / size / engine, LAUNCHED_CASE, batch // 2)
+            row.update(predicted_mib(world, cfg, engine, gpus=2))
+            if "measured_mib" in row:
+                row["ratio"] = row["predicted_mib"] / row["measured_mib"]
+            rows.append(row)
+            print(f"{size} {label}: {got}", flush=True)
     return rows
 
 
