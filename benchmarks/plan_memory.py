@@ -12,7 +12,7 @@ weights, teachers, gradients, optimizer state, activations, the loss. glibc's mm
 memory). Predicted = `adpa_core.plan.plan(...)`, strategy `single`, device `cpu` (float32, no CUDA reserve),
 at the batch's real sequence length. Target: every case within 20%.
 
-A full run writes benchmarks/out/plan_memory.json and the committed copy benchmarks/plan_memory.json.
+A full run writes benchmarks/out/plan_memory.json and the committed copy benchmarks/recorded/plan_memory.json.
 """
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ from typing import Any
 from . import common as C
 from . import world as W
 
-COMMITTED = C.REPO_ROOT / "benchmarks" / "plan_memory.json"
+COMMITTED = C.REPO_ROOT / "benchmarks" / "recorded" / "plan_memory.json"
 RESULTS_MD = C.REPO_ROOT / "benchmarks" / "RESULTS.md"
-MARK = ("<!-- plan_memory:begin (rendered from benchmarks/plan_memory.json) -->", "<!-- plan_memory:end -->")
+MARK = (
+    "<!-- plan_memory:begin (rendered from benchmarks/recorded/plan_memory.json) -->",
+    "<!-- plan_memory:end -->",
+)
 SIZES = {  # vocab, student, teacher, prompt words, response words, batch
     "A": (16384, W.Shape(256, 4, 768, 4), W.Shape(512, 4, 1536, 8), 60, 60, 4),
     "B": (32768, W.Shape(384, 6, 1024, 6), W.Shape(512, 6, 1536, 8), 100, 100, 2),
