@@ -157,17 +157,19 @@ def activation_bytes(arch: Arch, tokens: int, b_act: int, checkpointing: bool, l
     return tokens * (arch.layers * per_layer + edges) * b_act
 
 
-def loss_bytes(cfg: RunConfig, arch: Arch, teacher: str, chunked: bool) -> float:
+def loss_bytes(cfg: RunConfig, arch: Arch, teacher: str, chunked: bool, head_trainable: bool) -> float:
     """The loss's peak (see TEACHER_COPIES): naive full logits at every position, or chunked: one chunk of
     a group's counted (response) positions, plus the hidden rows of the counted positions and their
-    stored gradient. `teacher`: none, kl or adpa."""
+    stored gradient, and (trained output layer) the float32 gradient of the output weight that each
+    group's FusedLinearLoss keeps until the backward pass. `teacher`: none, kl or adpa."""
     v, d, b = arch.vocab, cfg.data, cfg.train.batch_size
     group, groups = b * d.max_length, len(STUDENT_GROUPS[cfg.objective.method])
     if not chunked:
         return 4 * v * (2 * groups * group + (2 + TEACHER_COPIES[teacher]) * group)
     counted = b * (d.max_length - d.max_prompt_length)
     c = min(chunk_rows(cfg.train.chunk_size, v), counted)
-    return 4 * v * (2 + TEACHER_COPIES[teacher]) * c + 2 * 4 * groups * counted * arch.hidden
+    weight_grads = groups * v * arch.hidden if head_trainable else 0
+    return 4 * (v * (2 + TEACHER_COPIES[teacher]) * c + 2 * groups * counted * arch.hidden + weight_grads)
 
 
 @dataclass
@@ -194,9 +196,11 @@ def plan(cfg: RunConfig, student: Arch, teacher: Arch | None, gpus: int = 8, dev
     per = {"single": 1, "ddp": 1, "fsdp": gpus, "zero3": gpus, "zero3_offload": gpus}
     quantized = m.student_quantization != "none"
     fsdp_weights = (frozen if quantized else frozen / gpus) + trainable * b_t / gpus  # 4-bit: not sharded
-    gathered = (2 * student.layer_params() + student.vocab * student.hidden * (1 if student.tied else 2)) * (
-        2 if mp or b_w == 2 else 4
-    )
+    # two units gathered at a time (the current one and the prefetched one) and the output layer's unit,
+    # whole during the loss (embedding and head, norm), with their unsharded gradients before the
+    # reduce-scatter when they are trained
+    unit = 2 * student.layer_params() + student.vocab * student.hidden * (1 if student.tied else 2)
+    gathered = unit * (2 if mp or b_w == 2 else 4) * (1 if m.lora else 2)
     optim_single = trainable * 3 * (4 if m.lora else b_w)  # gradient + two AdamW moments
     optim_zero = trainable * (4 + 8 + 4)  # gradient, moments and ZeRO's float32 partition copy
     rows: dict[str, dict[str, float]] = {
@@ -246,7 +250,7 @@ def plan(cfg: RunConfig, student: Arch, teacher: Arch | None, gpus: int = 8, dev
             )
     kind = "none" if not online else ("adpa" if obj.method.startswith("adpa") else "kl")
     chunked = t.chunked_loss == "on" or (t.chunked_loss == "auto" and student.vocab >= 8192)
-    losses = {c: loss_bytes(cfg, student, kind, c) for c in (False, True)}
+    losses = {c: loss_bytes(cfg, student, kind, c, not m.lora) for c in (False, True)}
     rows[f"loss peak ({'chunked' if chunked else 'naive'})"] = dict.fromkeys(STRATEGIES, losses[chunked])
     alternatives["loss peak naive"], alternatives["loss peak chunked"] = losses[False], losses[True]
     if device == "cuda":

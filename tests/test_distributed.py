@@ -40,7 +40,7 @@ LOSS_REL = 1e-5
 WEIGHT_ABS = 1e-4
 COMMON = {"max_steps": 3, "grad_accum": 2, "learning_rate": 1e-3}
 CASES = {  # name: (method, student, config sections)
-    "dckd-chunked": ("dckd", "student", {"train": {"chunked_loss": "on"}}),
+    "dckd-chunked": ("dckd", "student", {"train": {"chunked_loss": "on", "eval_every": 3}}),
     "dckd-full": ("dckd", "student", {"train": {"chunked_loss": "off"}}),
     "adpa-chunked-untied-head": ("adpa", "untied", {"train": {"chunked_loss": "on"}}),
     "adpa-full": ("adpa", "student", {"train": {"chunked_loss": "off"}}),
@@ -186,6 +186,12 @@ def test_two_processes_match_one_process(launched, one_process):
             launched["log"].read_text()[-3000:],
         )
         assert _losses(two) == pytest.approx(_losses(one_process[case]), rel=LOSS_REL), case
+        evals = [
+            [r["eval_loss"] for r in RunDir(d).read_metrics() if "eval_loss" in r]
+            for d in (two, one_process[case])
+        ]
+        assert evals[0] == pytest.approx(evals[1], rel=LOSS_REL), case  # evaluation under the engine
+        assert len(evals[0]) == (1 if case == "dckd-chunked" else 0), case
         weights = "merged/model.safetensors" if "lora" in case else "model.safetensors"
         one_w = load_file(str(one_process[case] / "final" / weights))
         two_w = load_file(str(two / "final" / weights))
