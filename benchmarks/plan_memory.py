@@ -86,7 +86,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         for _ in range(2):
             optimizer_step(s)
             s.loop["step"] += 1
-    return {"measured_mib": (peak.peak - before) / C.MIB, "exact": peak.exact}
+    result = {"measured_mib": (peak.peak - before) / C.MIB, "exact": peak.exact}
+    if spec.get("result_dir"):  # launched: one file per process (their stdout lines can interleave)
+        rank = os.environ.get("RANK", "0")
+        (Path(spec["result_dir"]) / f"rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
+    return result
 
 
 def predicted_mib(world: W.World, cfg: Any, strategy: str = "single", gpus: int = 1) -> dict[str, Any]:
@@ -113,12 +117,13 @@ def run_launched(engine: str, spec: dict[str, Any], timeout: float) -> dict[str,
     config = str(C.REPO_ROOT / "configs" / "accelerate" / f"{engine}.yaml")
     cmd = [accelerate, "launch", "--config_file", config, "--num_processes", "2", "--main_process_port",
            str(port), "-m", "benchmarks.plan_memory", "--child", json.dumps(spec)]  # fmt: skip
+    results = Path(spec["result_dir"])
+    results.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run(cmd, cwd=C.REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
-    found = [json.loads(line[len(C.RESULT_MARK) :]) for line in proc.stdout.splitlines()
-             if line.startswith(C.RESULT_MARK)]  # fmt: skip
+    found = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(results.glob("rank*.json"))]
     if len(found) != 2:
         return {"error": f"exit code {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
     per = [r["measured_mib"] for r in found]
@@ -145,6 +150,7 @@ def run(sizes: dict, threads: int | None, root: Path) -> list[dict[str, Any]]:
             continue
         for engine, label in LAUNCHED.items():
             spec = {"world": world.__dict__, "out": str(root / size / engine), "case": LAUNCHED_CASE}
+            spec["result_dir"] = str(root / size / f"{engine}-results")
             got = run_launched(engine, {**spec, "batch": batch // 2, "threads": threads}, timeout=1200)
             row = {"size": size, "case": f"{LAUNCHED_CASE}, {label}", "vocab": vocab, "student": str(student)}
             row.update(batch=batch // 2, teacher=str(teacher), seq_tokens=world.seq_tokens, **got)
@@ -164,6 +170,13 @@ def render(payload: dict[str, Any]) -> str:
         f"| {C.fmt(r.get('ratio'), '.2f')} |"
         for r in payload["results"]
     ]
+    for t in payload["targets"]:
+        status = "met" if t["met"] else "not met" if t["met"] is False else "not measured"
+        lines.append(f"\n{t['target']}: {C.fmt(t['measured'], '.2f')} (target <= {t['limit']}: {status})")
+    launched = [r for r in payload["results"] if r.get("per_process_mib")]
+    per = [f"{r['case']}: {', '.join(f'{m:.0f}' for m in r['per_process_mib'])}" for r in launched]
+    if per:
+        lines.append("\nper-process peaks (MiB) of the launched rows: " + "; ".join(per))
     sizes = payload["config"]["sizes"]
     legend = [
         f"- size {k}: vocabulary {v[0]:,}, student {v[1]}, teacher {v[2]}, {v[3]} batch rows of {v[4]} tokens"
