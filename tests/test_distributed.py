@@ -185,6 +185,8 @@ def test_two_processes_match_one_process(launched, one_process):
             case,
             launched["log"].read_text()[-3000:],
         )
+        # the engine ran: accelerate's own fallback on CPU (DDP) would write no engine shards
+        assert (RunDir(two).latest_valid_checkpoint() / "engine").is_dir(), case
         assert _losses(two) == pytest.approx(_losses(one_process[case]), rel=LOSS_REL), case
         evals = [
             [r["eval_loss"] for r in RunDir(d).read_metrics() if "eval_loss" in r]
