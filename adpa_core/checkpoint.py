@@ -3,6 +3,11 @@
 Files in `checkpoints/step-N/`: `trainable.safetensors` (only the parameters being trained: the adapter of a
 LoRA student, every weight of a full one), `optimizer.pt`, `scheduler.pt`, `rng-rank<r>.pt` (one per
 process), `state.json` (step, tokens seen, elapsed time). Everything is loaded with `weights_only=True`.
+
+Under a sharding engine (FSDP, DeepSpeed ZeRO-3) the trainable weights and the optimizer state are the
+engine's own sharded files in `engine/` instead (distributed.save_sharded: torch.distributed.checkpoint, or
+DeepSpeed's checkpoint), written by every process; the engines read them back with their own loaders, after
+the manifest's hashes have been checked.
 """
 
 from __future__ import annotations
@@ -61,20 +66,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_state(
-    folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, loop_state: dict[str, Any]
+    folder: Path,
+    model: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    loop_state: dict[str, Any],
+    weights: bool = True,
 ) -> None:
-    """Writes the main process's part of a checkpoint into `folder` (RNG files are written per process)."""
-    save_file(trainable_state(model), str(folder / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    """Writes the main process's part of a checkpoint into `folder` (RNG files are written per process).
+
+    `weights=False`: a sharding engine wrote the weights and optimizer state itself (`engine/`)."""
+    if weights:
+        save_file(trainable_state(model), str(folder / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
     torch.save(scheduler.state_dict(), folder / "scheduler.pt")
     (folder / "state.json").write_text(json.dumps(loop_state, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def load_state(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, rank: int) -> dict[str, Any]:
-    """Restores a checkpoint written by `save_state` (+ this process's RNG); returns the loop state."""
+def load_state(
+    folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, rank: int, weights: bool = True
+) -> dict[str, Any]:
+    """Restores a checkpoint written by `save_state` (+ this process's RNG); returns the loop state.
+
+    `weights=False`: the weights and optimizer state were restored by the sharding engine."""
     try:
-        load_trainable_state(model, folder / "trainable.safetensors")
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        if weights:
+            load_trainable_state(model, folder / "trainable.safetensors")
+            optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
         rng_file = folder / f"rng-rank{rank}.pt"
         if not rng_file.exists():

