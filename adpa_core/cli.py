@@ -440,13 +440,14 @@ def _args_reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds whose toy world passes the health gates")
     p.add_argument("--quick", action="store_true", help="one tiny pass over every row (a smoke test)")
     p.add_argument("--out", default="results/reproduce", help="output folder (table.md, results.json)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds run at the same time (one thread each)")
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
     command = "adpa reproduce " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "adpa reproduce"
-    results = reproduce(args.seeds, args.out, quick=args.quick, command=command)
+    results = reproduce(args.seeds, args.out, quick=args.quick, command=command, jobs=args.jobs)
     print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
     if results["skipped_seeds"]:
         print(f"seeds skipped by the health gates: {sorted(results['skipped_seeds'])}")

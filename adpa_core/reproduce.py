@@ -15,7 +15,9 @@ import json
 import random
 import shutil
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +308,41 @@ def run_seed(seed: int, out: Path, budget: Budget, quick: bool) -> dict[str, Any
         return results
 
 
+def _run_seeds(
+    seeds: int, out: Path, budget: Budget, quick: bool, limit: int, jobs: int, worker: Any = None
+) -> tuple[dict[int, dict[str, Any]], dict[int, Any]]:
+    """Seeds 0, 1, ... until `seeds` of them pass the health gates (at most `limit` tried), `jobs` at a
+    time: (results of the healthy seeds, health of the skipped ones), both keyed by seed in order.
+    `worker(seed, out, budget, quick)` is `run_seed` (a picklable top-level function)."""
+    worker = worker or run_seed
+    per_seed: dict[int, dict[str, Any]] = {}
+    skipped: dict[int, Any] = {}
+
+    def record(seed: int, result: dict[str, Any]) -> None:
+        healthy = quick or all(g["ok"] for g in result["health"].values())
+        (per_seed if healthy else skipped)[seed] = result if healthy else result["health"]
+        print(f"seed {seed}: {'done' if healthy else 'skipped (health gates)'}", flush=True)
+
+    next_seed = 0
+    if jobs <= 1:
+        while len(per_seed) < seeds and next_seed < limit:
+            record(next_seed, worker(next_seed, out, budget, quick))
+            next_seed += 1
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            pending: dict[Any, int] = {}
+            while True:
+                while len(per_seed) + len(pending) < seeds and next_seed < limit:
+                    pending[pool.submit(worker, next_seed, out, budget, quick)] = next_seed
+                    next_seed += 1
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    record(pending.pop(future), future.result())
+    return dict(sorted(per_seed.items())), dict(sorted(skipped.items()))
+
+
 def reproduce(
     seeds: int = 3,
     out: str | Path = "results/reproduce",
@@ -313,18 +350,14 @@ def reproduce(
     budget: Budget | None = None,
     max_tries: int | None = None,
     command: str = "adpa reproduce",
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Runs the table on `seeds` seeds whose toy world passes the health gates; writes the results."""
+    """Runs the table on `seeds` seeds whose toy world passes the health gates; writes the results.
+
+    `jobs` seeds run at the same time, each in its own process on one thread (seeds are independent)."""
     out = Path(out)
     budget = budget or (QUICK if quick else Budget())
-    per_seed: dict[int, dict[str, Any]] = {}
-    skipped: dict[int, Any] = {}
-    seed = 0
-    while len(per_seed) < seeds and seed < (max_tries or seeds + 3):
-        result = run_seed(seed, out, budget, quick)
-        healthy = all(g["ok"] for g in result["health"].values())
-        (per_seed if healthy or quick else skipped)[seed] = result if healthy or quick else result["health"]
-        seed += 1
+    per_seed, skipped = _run_seeds(seeds, out, budget, quick, max_tries or seeds + 3, jobs)
     if not per_seed:
         raise RuntimeError(f"no seed passed the toy world's health gates: {skipped}")
     table = aggregate(per_seed)

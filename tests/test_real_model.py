@@ -188,13 +188,16 @@ def test_chunked_path_equals_full_logits_on_the_real_model(real, method):
         runs[mode] = cfg
     for a, b in zip(_metrics(runs["on"]), _metrics(runs["off"]), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     from safetensors.torch import load_file
 
     w_on, w_off = (
         load_file(Path(runs[m].run_dir) / "final" / "adapter_model.safetensors") for m in ("on", "off")
     )
+    # Adam's first step moves each weight by lr * g / (|g| + eps): about lr (1e-4) wherever the gradient is
+    # not ~0, and there float noise decides, so weights agree to a small fraction of one step.
     for key in w_on:
-        torch.testing.assert_close(w_on[key], w_off[key], rtol=1e-3, atol=1e-6)
+        torch.testing.assert_close(w_on[key], w_off[key], rtol=1e-3, atol=1e-5)
 
 
 # ---------------------------------------------------------------- advantages

@@ -129,3 +129,20 @@ def test_every_switch_has_a_row_against_its_preset():
     names = [r.name for r in ROWS]
     for row in switch_rows:
         assert row.base in names and names.index(row.base) < names.index(row.name)  # measured after it
+
+
+def fake_seed(seed, out, budget, quick):
+    """A stand-in for run_seed (top level: the pool pickles it): seed 1's world fails its gates."""
+    import time
+
+    time.sleep(0.05 * (3 - seed % 3))  # finish out of order
+    return {"health": {"teacher": {"ok": seed != 1}}, "rows": {}, "seed": seed}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_seeds_run_in_parallel_and_skip_unhealthy_ones(tmp_path, jobs):
+    from adpa_core.reproduce import Budget, _run_seeds
+
+    per_seed, skipped = _run_seeds(3, tmp_path, Budget(), False, limit=6, jobs=jobs, worker=fake_seed)
+    assert list(per_seed) == [0, 2, 3] and all(per_seed[s]["seed"] == s for s in per_seed)
+    assert list(skipped) == [1]
