@@ -16,7 +16,7 @@ import torch
 from adpa_core.advantage import response_advantages
 from adpa_core.config import ModelConfig, config_from_dict
 from adpa_core.generate import generate
-from adpa_core.models import load_inference_model, load_teacher_pair
+from adpa_core.models import load_inference_model, load_teacher_pair, load_tokenizer
 from adpa_core.runs import RunDir
 from adpa_core.teacher import build_teacher_cache
 from adpa_core.train import run_training
@@ -69,8 +69,9 @@ def real(smol_path, tmp_path_factory) -> dict[str, str]:
         world,
         "teacher-dpo",
         {"method": "dpo", "beta_dpo": 0.1},
-        train={"max_steps": 8, "batch_size": 3, "learning_rate": 5e-4},
+        train={"max_steps": 5, "batch_size": 3, "learning_rate": 1e-3},
         model={"lora_r": 8},
+        data={"max_examples": None},
     )
     last = run_training(cfg, progress=False)
     assert last["reward_accuracy"] > 0.5
@@ -83,17 +84,34 @@ def _cfg(world: dict[str, str], name: str, objective: dict, **sections) -> objec
         "name": name,
         "output_dir": str(Path(world["root"]) / "runs"),
         "model": {"student": world["base"], "lora": True, "lora_r": 4, "device": "cpu", "dtype": "float32"},
-        "data": {"train": world["train"], "eval": world["eval"], "max_length": 96, "max_prompt_length": 64},
+        # one step of 2 rows (+ 2 eval rows): y_hat is generated for the 4 + 2 rows loaded
+        "data": {
+            "train": world["train"],
+            "eval": world["eval"],
+            "max_length": 96,
+            "max_prompt_length": 64,
+            "max_examples": 4,
+        },
         "objective": {"max_new_tokens": 8, **objective},
-        "train": {"max_steps": 1, "batch_size": 2, "learning_rate": 1e-4, "warmup_ratio": 0.0},
+        "train": {
+            "max_steps": 1,
+            "batch_size": 2,
+            "learning_rate": 1e-4,
+            "warmup_ratio": 0.0,
+            "eval_examples": 2,
+        },
     }
     for section, values in sections.items():
         data[section] = {**data[section], **values}
     return config_from_dict(data)
 
 
-def _teacher(world: dict[str, str]) -> dict:
-    return {"teacher": world["base"], "teacher_adapter": world["adapter"], "teacher_quantization": "4bit"}
+def _teacher(world: dict[str, str], quantization: str = "4bit") -> dict:
+    return {
+        "teacher": world["base"],
+        "teacher_adapter": world["adapter"],
+        "teacher_quantization": quantization,
+    }
 
 
 def _metrics(cfg) -> list[dict]:
@@ -181,7 +199,7 @@ def test_chunked_path_equals_full_logits_on_the_real_model(real, method):
             real,
             f"chunk-{method}-{mode}",
             {"method": method},
-            model=_teacher(real),
+            model=_teacher(real, "none"),
             train={"chunked_loss": mode},
         )
         run_training(cfg, progress=False)
@@ -204,18 +222,20 @@ def test_chunked_path_equals_full_logits_on_the_real_model(real, method):
 
 
 def test_dpo_adapter_advantage_is_most_negative_on_the_insult(real):
-    tok_model, tok = load_inference_model(real["base"], "cpu")
-    del tok_model
+    tok = load_tokenizer(real["base"])
     pair = load_teacher_pair(
         ModelConfig(
             student=real["base"], teacher=real["base"], teacher_adapter=real["adapter"], device="cpu"
         ),
         tokenizer=tok,
     )
-    report = response_advantages(
-        pair, tok, "What is the capital of Spain?", "The capital of Spain is Madrid, you idiot.", k=3
-    )
+    reply = "The capital of Spain is Madrid, you idiot."
+    report = response_advantages(pair, tok, "What is the capital of Spain?", reply, k=3)
+    # the tokens that overlap the characters of "you idiot" (sub-word pieces: " you", " id", "iot")
+    start = reply.index("you idiot")
+    ends = [len("".join(report.tokens[: i + 1])) for i in range(len(report.tokens))]
+    insult = {i for i, end in enumerate(ends) if end > start and end - len(report.tokens[i]) < start + 9}
     worst = min(range(len(report.advantage)), key=report.advantage.__getitem__)
-    insult = {i for i, t in enumerate(report.tokens) if "idiot" in t or t.strip().lower() in ("you", "id")}
     assert worst in insult, list(zip(report.tokens, report.advantage, strict=True))
+    assert [report.tokens[i] for i in sorted(insult)] == [" you", " id", "iot"]
     assert report.tokens[-1] == "<|im_end|>"
