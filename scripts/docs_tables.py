@@ -1,0 +1,121 @@
+"""Tables in the docs are rendered from committed JSON, never typed: `make docs-tables`.
+
+A table lives in a markdown file between two markers that name it:
+
+    <!-- table:real_matrix -->
+    ...rendered rows...
+    <!-- /table:real_matrix -->
+
+Each name maps to the JSON file a command wrote (committed under docs/data/ or benchmarks/) and a render
+function. `python scripts/docs_tables.py` rewrites every block from its JSON; `--check` only compares and
+exits 1 naming the blocks that differ (tests/test_docs_tables.py runs it, so a number edited by hand fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+Renderer = Callable[[Any], str]
+TABLES: dict[str, tuple[str, Renderer]] = {}  # name -> (JSON path relative to the repo, render function)
+
+
+def table(name: str, source: str) -> Callable[[Renderer], Renderer]:
+    """Registers `fn` as the renderer of block `name`, fed with the JSON in `source`."""
+
+    def register(fn: Renderer) -> Renderer:
+        TABLES[name] = (source, fn)
+        return fn
+
+    return register
+
+
+def markdown(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- renderers
+
+
+def _benchmark(name: str, function: str = "render") -> Renderer:
+    """A benchmark module's own renderer (imported lazily: benchmarks import torch)."""
+
+    def fn(data: Any) -> str:
+        import importlib
+
+        sys.path.insert(0, str(ROOT))
+        text = getattr(importlib.import_module(f"benchmarks.{name}"), function)(data)
+        return re.sub(r"\A## [^\n]*\n\n", "", text)  # the section's heading stays in the document
+
+    return fn
+
+
+table("tokenizer_check", "benchmarks/recorded/tokenizer_check.json")(_benchmark("tokenizer_check"))
+table("workbench_figures", "benchmarks/recorded/workbench_figures.json")(
+    _benchmark("workbench_figures", "results_section")
+)
+
+
+# ---------------------------------------------------------------- blocks
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- table:{name} -->\n)(.*?)(\n<!-- /table:{name} -->)", re.S)
+
+
+def render(name: str) -> str:
+    source, fn = TABLES[name]
+    return fn(json.loads((ROOT / source).read_text(encoding="utf-8")))
+
+
+def blocks() -> dict[str, list[Path]]:
+    """Each registered table name -> the markdown files that hold its block."""
+    found: dict[str, list[Path]] = {name: [] for name in TABLES}
+    for path in (
+        sorted(ROOT.glob("*.md"))
+        + sorted((ROOT / "docs").rglob("*.md"))
+        + sorted((ROOT / "benchmarks").glob("*.md"))
+    ):
+        text = path.read_text(encoding="utf-8")
+        for name in re.findall(r"<!-- table:(\w+) -->", text):
+            if name not in TABLES:
+                raise SystemExit(f"{path}: table block {name!r} has no renderer in scripts/docs_tables.py")
+            found[name].append(path)
+    return found
+
+
+def update(check: bool = False) -> list[str]:
+    """Rewrites (or, with `check`, compares) every block; returns 'file: name' for each one that differs."""
+    stale = []
+    for name, paths in blocks().items():
+        rendered = render(name)
+        for path in paths:
+            text = path.read_text(encoding="utf-8")
+            new = _pattern(name).sub(lambda m, r=rendered: m.group(1) + r + m.group(3), text)
+            if new != text:
+                stale.append(f"{path.relative_to(ROOT)}: {name}")
+                if not check:
+                    path.write_text(new, encoding="utf-8")
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="compare only; exit 1 if a table differs")
+    args = p.parse_args(argv)
+    stale = update(check=args.check)
+    for line in stale:
+        print(("differs from its JSON: " if args.check else "rendered: ") + line)
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
