@@ -379,11 +379,67 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     adv = ev["advantages"]
     rank, hit = adv["rank_rate"], adv["flaw_hit_rate"]
     print(f"  advantages: chosen ranked first {rank:.2f}, worst token on the flaw {hit:.2f}")
-    for name, gate in ev["health"].items():
-        if not gate["ok"]:
-            low = f"{gate['value']:.2f} < {gate['min']}"
-            print(f"  warning: {name} = {low} (train longer or try another --seed)")
+    _health_warnings(ev["health"])
     return 0
+
+
+def _health_warnings(gates: dict[str, Any]) -> None:
+    """One warning line per failed health gate of a world's manifest."""
+    for name, gate in gates.items():
+        if not gate["ok"]:
+            bound = f"< {gate['min']}" if "min" in gate else f"> {gate['max']}"
+            print(f"  warning: {name} = {gate['value']:.2f} {bound} (train longer or try another --seed)")
+
+
+# ---------------------------------------------------------------- real
+
+
+def _args_real(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("build",), help="build: prompts, on-policy pairs, the DPO teacher")
+    p.add_argument("--quick", action="store_true", help="a smaller world in a few minutes (tests, demos)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--home", default=None, help="ADPA home folder (default: $ADPA_HOME or ~/.cache/adpa)")
+    p.add_argument("--threads", type=_positive(int), default=2, help="torch threads (default 2)")
+    p.add_argument("--force", action="store_true", help="rebuild every step")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _cmd_real(args: argparse.Namespace) -> int:
+    from .real.build import build
+
+    manifest = build(
+        args.home,
+        seed=args.seed,
+        quick=args.quick,
+        progress=not args.quiet,
+        force=args.force,
+        n_threads=args.threads,
+    )
+    print(real_summary(manifest))
+    _health_warnings(manifest["evaluation"]["health"])
+    return 0
+
+
+def real_summary(manifest: dict[str, Any]) -> str:
+    """A few lines on a built real world: timing, pairs, each model's held-out judge score, rank rate."""
+    ev, build, pairs = manifest["evaluation"], manifest["build"], manifest["pairs"]["stats"]["train"]
+    lines = [
+        f"real world ({manifest['mode']}, seed {manifest['seed']}) built in {build['seconds']:.0f} s "
+        f"({build['cpu_seconds']:.0f} CPU s)",
+        f"  pairs: {pairs['pairs']} of {pairs['prompts']} prompts (ties {pairs['tie_rate']:.2f}); judge "
+        f"chosen {pairs['chosen_score']:.2f} vs rejected {pairs['rejected_score']:.2f}",
+    ]
+    for name, label in (("teacher_ref", "teacher_ref = student"), ("teacher", "teacher (DPO)")):
+        test, unseen = ev[name]["test"], ev[name]["unseen"]
+        lines.append(
+            f"  real:{label:<22} judge test {test['reward']:.3f}  unseen kinds {unseen['reward']:.3f}  "
+            f"words {test['mean_words']:.1f}  hacks {test['any_hack_rate']:.2f}"
+        )
+    adv = ev["advantages"]
+    lines.append(
+        f"  implicit reward ranks chosen first on {adv['rank_rate']:.2f} of {adv['pairs']} held-out pairs"
+    )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- workbench
@@ -504,6 +560,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None, Handler | None]] = {
     "toy": ("build the offline toy world (data, tokenizer, teachers, student)", _args_toy, _cmd_toy),
+    "real": (
+        "build the real-model world on SmolLM2 (prompts, on-policy pairs, DPO teacher)",
+        _args_real,
+        _cmd_real,
+    ),
     "train": (
         "one alignment run (sft | dpo | kd | dckd | adpa | adpa_plus) from a YAML config",
         _args_train,

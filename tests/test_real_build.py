@@ -1,0 +1,116 @@
+"""`adpa real build` on a tiny stand-in base model: prompts, judged on-policy pairs, the DPO adapter through
+`train()`, evaluation and health gates in the manifest, skipping, determinism, and the `real:` names.
+
+The build on SmolLM2 itself runs once, in the quick mode, in notebook 06 (tests/test_notebooks.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from adpa_core.cli import real_summary
+from adpa_core.config import config_from_dict
+from adpa_core.data import load_prompts, read_preferences
+from adpa_core.evaluate import eval_inputs
+from adpa_core.models import load_inference_model
+from adpa_core.paths import resolve_model_path
+from adpa_core.real.build import build, is_built
+from adpa_core.worlds import home_env
+
+from .tiny import make_llama, make_tokenizer, save_model
+
+RECIPE = {
+    "prompts": {"train": 24, "validation": 4, "test": 8, "unseen": 6},
+    "sampling": {"samples": 4, "temperature": 1.5, "max_new_tokens": 10, "batch_size": 48},
+    "teacher_dpo": {"steps": 3, "batch": 4, "lr": 1e-3, "beta": 0.1, "lora_r": 4, "warmup": 0},
+    "eval": {"max_new_tokens": 10, "batch_size": 48},
+}
+
+
+def _tiny_world(home: Path) -> dict:
+    tokenizer = make_tokenizer()
+    base = save_model(home / "tiny-base", tokenizer, make_llama(tokenizer, hidden=32, layers=2))
+    return build(home, seed=1, quick=True, progress=False, base=str(base), recipe=RECIPE, n_threads=1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    home = tmp_path_factory.mktemp("real-home")
+    return home, _tiny_world(home)
+
+
+def test_build_writes_data_pairs_teacher_and_manifest(world):
+    home, manifest = world
+    real = home / "real"
+    for split in ("train", "validation", "test", "unseen"):
+        assert (real / "data" / f"prompts_{split}.jsonl").exists()
+    stats = manifest["pairs"]["stats"]["train"]
+    assert stats["prompts"] == 24 and 0 < stats["pairs"] <= 24
+    assert stats["chosen_score"] > stats["rejected_score"]
+    assert stats["tie_rate"] == pytest.approx(1 - stats["pairs"] / 24)
+    status = json.loads((real / "runs" / "teacher_dpo" / "status.json").read_text())
+    assert status["state"] == "completed" and status["step"] == 3
+    assert (real / "teacher" / "adapter_model.safetensors").exists()
+    ev = manifest["evaluation"]
+    for name in ("teacher_ref", "teacher"):
+        assert ev[name]["test"]["n"] == 8 and ev[name]["unseen"]["n"] == 6
+        assert "mean_tokens" in ev[name]["test"] and "any_hack_rate" in ev[name]["test"]
+    assert ev["student"] == {"same_as": "teacher_ref"}
+    assert set(ev["health"]) == {"teacher_gain", "rank_rate", "teacher_hack_rate"}
+    gain = ev["teacher"]["test"]["reward"] - ev["teacher_ref"]["test"]["reward"]
+    assert ev["health"]["teacher_gain"]["value"] == pytest.approx(gain)
+    assert manifest["build"]["cpu_seconds"] > 0 and "load_average_at_start" in manifest["build"]
+    assert "real world (quick, seed 1)" in real_summary(manifest)
+
+
+def test_real_names_resolve_in_the_built_home(world):
+    home, manifest = world
+    with home_env(home):
+        assert is_built()
+        assert resolve_model_path("real:teacher") == str(home / "real" / "teacher")
+        assert resolve_model_path("real:teacher_ref") == manifest["base"]["path"]
+        assert resolve_model_path("real:student") == manifest["base"]["path"]
+        rows, _ = read_preferences("real:preferences", split="train")
+        assert rows and {"prompt", "chosen", "rejected"} <= set(rows[0])
+        assert len(load_prompts("real:prompts", split="unseen")) == 6
+        model, _ = load_inference_model("real:teacher", device="cpu")
+        assert type(model).__name__ == "PeftModelForCausalLM"
+        cfg = config_from_dict({"model": {"student": "real:student"}, "data": {"train": "real:preferences"}})
+        assert eval_inputs(cfg, None, None) == ("real:prompts", "real")
+
+
+def test_a_second_build_skips_what_is_built(world):
+    home, manifest = world
+    weights = home / "real" / "teacher" / "adapter_model.safetensors"
+    mtime = os.stat(weights).st_mtime_ns
+    again = build(
+        home, seed=1, quick=True, progress=False, base=manifest["base"]["path"], recipe=RECIPE, n_threads=1
+    )
+    assert again["stages"] == manifest["stages"] and again["pairs"] == manifest["pairs"]
+    assert again["evaluation"] == manifest["evaluation"]
+    assert again["build"]["steps_seconds"] == {}  # nothing sampled, trained or evaluated again
+    assert os.stat(weights).st_mtime_ns == mtime
+
+
+def test_same_seed_same_world(world, tmp_path):
+    home, manifest = world
+    other = _tiny_world(tmp_path)
+    for name in ("prompts_train.jsonl", "preferences_train.jsonl", "samples_test.jsonl"):
+        assert (tmp_path / "real" / "data" / name).read_bytes() == (
+            home / "real" / "data" / name
+        ).read_bytes()
+    assert other["stages"]["teacher_dpo"]["sha256"] == manifest["stages"]["teacher_dpo"]["sha256"]
+
+
+def test_unknown_or_unbuilt_real_names_say_what_to_do(tmp_path):
+    with home_env(tmp_path):
+        with pytest.raises(ValueError, match="real:teacher, real:teacher_ref, real:student"):
+            resolve_model_path("real:teachers")
+        with pytest.raises(FileNotFoundError, match="adpa real build"):
+            resolve_model_path("real:teacher")
+        with pytest.raises(ValueError, match="adpa real build"):
+            load_prompts("real:prompts", split="test")
+        assert not is_built()
