@@ -1,13 +1,13 @@
 """`adpa real build` on a tiny stand-in base model: prompts, judged on-policy pairs, the DPO adapter through
 `train()`, evaluation and health gates in the manifest, skipping, determinism, and the `real:` names.
 
-The build on SmolLM2 itself runs once, in the quick mode, in notebook 06 (tests/test_notebooks.py)."""
+The build on SmolLM2 itself is the `real_home` fixture (tests/conftest.py), used by the notebook and
+browser tests."""
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -20,26 +20,13 @@ from adpa_core.paths import resolve_model_path
 from adpa_core.real.build import build, is_built
 from adpa_core.worlds import home_env
 
-from .tiny import make_llama, make_tokenizer, save_model
-
-RECIPE = {
-    "prompts": {"train": 24, "validation": 4, "test": 8, "unseen": 6},
-    "sampling": {"samples": 4, "temperature": 1.5, "max_new_tokens": 10, "batch_size": 48},
-    "teacher_dpo": {"steps": 3, "batch": 4, "lr": 1e-3, "beta": 0.1, "lora_r": 4, "warmup": 0},
-    "eval": {"max_new_tokens": 10, "batch_size": 48},
-}
-
-
-def _tiny_world(home: Path) -> dict:
-    tokenizer = make_tokenizer()
-    base = save_model(home / "tiny-base", tokenizer, make_llama(tokenizer, hidden=32, layers=2))
-    return build(home, seed=1, quick=True, progress=False, base=str(base), recipe=RECIPE, n_threads=1)
+from .realkit import RECIPE, tiny_real_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     home = tmp_path_factory.mktemp("real-home")
-    return home, _tiny_world(home)
+    return home, tiny_real_world(home)
 
 
 def test_build_writes_data_pairs_teacher_and_manifest(world):
@@ -97,7 +84,7 @@ def test_a_second_build_skips_what_is_built(world):
 
 def test_same_seed_same_world(world, tmp_path):
     home, manifest = world
-    other = _tiny_world(tmp_path)
+    other = tiny_real_world(tmp_path)
     for name in ("prompts_train.jsonl", "preferences_train.jsonl", "samples_test.jsonl"):
         assert (tmp_path / "real" / "data" / name).read_bytes() == (
             home / "real" / "data" / name
