@@ -395,17 +395,27 @@ def _health_warnings(gates: dict[str, Any]) -> None:
 
 
 def _args_real(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("build",), help="build: prompts, on-policy pairs, the DPO teacher")
+    p.add_argument(
+        "action",
+        choices=("build", "compare"),
+        help="build: prompts, on-policy pairs, the DPO teacher; compare: the methods on the built world",
+    )
     p.add_argument("--quick", action="store_true", help="a smaller world in a few minutes (tests, demos)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--home", default=None, help="ADPA home folder (default: $ADPA_HOME or ~/.cache/adpa)")
     p.add_argument("--threads", type=_positive(int), default=2, help="torch threads (default 2)")
     p.add_argument("--force", action="store_true", help="rebuild every step")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--seeds", type=_positive(int), default=3, help="compare: training seeds (default 3)")
+    p.add_argument("--steps", type=_positive(int), default=60, help="compare: steps per run (default 60)")
+    p.add_argument("--out", default="results/real-compare", help="compare: output folder")
 
 
 def _cmd_real(args: argparse.Namespace) -> int:
     from .real.build import build
+
+    if args.action == "compare":
+        return _real_compare(args)
 
     manifest = build(
         args.home,
@@ -417,6 +427,17 @@ def _cmd_real(args: argparse.Namespace) -> int:
     )
     print(real_summary(manifest))
     _health_warnings(manifest["evaluation"]["health"])
+    return 0
+
+
+def _real_compare(args: argparse.Namespace) -> int:
+    from .real.compare import compare
+    from .worlds import home_env, threads
+
+    command = "adpa real " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "adpa real compare"
+    with home_env(args.home), threads(args.threads):
+        compare(args.seeds, args.steps, args.out, command=command)
+    print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
     return 0
 
 

@@ -10,6 +10,7 @@ import json
 import os
 
 import pytest
+import yaml
 
 from adpa_core.cli import real_summary
 from adpa_core.config import config_from_dict
@@ -101,3 +102,21 @@ def test_unknown_or_unbuilt_real_names_say_what_to_do(tmp_path):
         with pytest.raises(ValueError, match="adpa real build"):
             load_prompts("real:prompts", split="test")
         assert not is_built()
+
+
+def test_compare_trains_every_row_from_the_same_student_and_judges_it(world, tmp_path):
+    from adpa_core.real.compare import ROWS, compare
+
+    home, _ = world
+    extra = ["train.batch_size=2", "objective.max_new_tokens=6"]
+    with home_env(home):
+        results = compare(seeds=1, steps=1, out=tmp_path, max_new_tokens=6, extra=extra, command="test")
+        again = compare(seeds=1, steps=1, out=tmp_path, max_new_tokens=6, extra=extra)  # all reused
+    assert list(results["rows"]) == [row[0] for row in ROWS]
+    for name, row in results["rows"].items():
+        lo, hi = row["test"]["ci"]
+        assert lo <= row["test"]["judge"] <= hi and row["seeds"] == 1, name
+        assert again["rows"][name] == row
+    assert (tmp_path / "table.md").read_text().count("\n") == len(ROWS) + 2
+    config = yaml.safe_load((tmp_path / "seed-0" / "runs" / "adpa_plus-seed0" / "config.yaml").read_text())
+    assert config["model"]["student"].endswith("dckd-seed0")  # ADPA+ starts from the DCKD run

@@ -106,6 +106,14 @@ def serve(
         )
         ensure_world(home, quick=toy == "quick", progress=True)
     app = build_app(home, runs_dir, max_concurrent_runs, model_dirs)
+    if real_build_status(Path(home))["state"] == "built":
+        print("Opening on the real-model world (SmolLM2); the world switch goes back to the toy world.")
+    else:
+        print(
+            "The real-model world (SmolLM2) is one button in the app away, or run `adpa real build --quick` "
+            "(about 4 minutes on 2 free CPU cores); once built, the workbench opens on it.",
+            flush=True,
+        )
     print(f"ADPA Lab workbench on http://{host}:{port} (Ctrl+C stops it)", flush=True)
     launch(app, host, port, share, quiet=not share)  # Gradio prints the share link itself
 
