@@ -28,7 +28,7 @@ EXPECTED = [
     "06_real_models.ipynb",
 ]
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
-CELL_TIMEOUT = 900  # seconds per cell; the toy notebooks take under a minute each on 2 cores, 06 a few
+CELL_TIMEOUT = 1800  # seconds per cell (a safety net): the toy notebooks take under a minute each on 2 cores
 REAL_WORLD = ("02_token_advantages.ipynb", "06_real_models.ipynb")  # these also use the real-model world
 TIMES = ROOT / "test-artifacts" / "notebook-times.json"
 
