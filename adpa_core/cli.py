@@ -412,7 +412,7 @@ def _args_real(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_real(args: argparse.Namespace) -> int:
-    from .real.build import build
+    from .real.build import build, summary
 
     if args.action == "compare":
         return _real_compare(args)
@@ -425,7 +425,7 @@ def _cmd_real(args: argparse.Namespace) -> int:
         force=args.force,
         n_threads=args.threads,
     )
-    print(real_summary(manifest))
+    print(summary(manifest))
     _health_warnings(manifest["evaluation"]["health"])
     return 0
 
@@ -439,28 +439,6 @@ def _real_compare(args: argparse.Namespace) -> int:
         compare(args.seeds, args.steps, args.out, command=command)
     print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
     return 0
-
-
-def real_summary(manifest: dict[str, Any]) -> str:
-    """A few lines on a built real world: timing, pairs, each model's held-out judge score, rank rate."""
-    ev, build, pairs = manifest["evaluation"], manifest["build"], manifest["pairs"]["stats"]["train"]
-    lines = [
-        f"real world ({manifest['mode']}, seed {manifest['seed']}) built in {build['seconds']:.0f} s "
-        f"({build['cpu_seconds']:.0f} CPU s)",
-        f"  pairs: {pairs['pairs']} of {pairs['prompts']} prompts (ties {pairs['tie_rate']:.2f}); judge "
-        f"chosen {pairs['chosen_score']:.2f} vs rejected {pairs['rejected_score']:.2f}",
-    ]
-    for name, label in (("teacher_ref", "teacher_ref = student"), ("teacher", "teacher (DPO)")):
-        test, unseen = ev[name]["test"], ev[name]["unseen"]
-        lines.append(
-            f"  real:{label:<22} judge test {test['reward']:.3f}  unseen kinds {unseen['reward']:.3f}  "
-            f"words {test['mean_words']:.1f}  hacks {test['any_hack_rate']:.2f}"
-        )
-    adv = ev["advantages"]
-    lines.append(
-        f"  implicit reward ranks chosen first on {adv['rank_rate']:.2f} of {adv['pairs']} held-out pairs"
-    )
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- workbench

@@ -12,13 +12,12 @@ import os
 import pytest
 import yaml
 
-from adpa_core.cli import real_summary
 from adpa_core.config import config_from_dict
 from adpa_core.data import load_prompts, read_preferences
 from adpa_core.evaluate import eval_inputs
 from adpa_core.models import load_inference_model
 from adpa_core.paths import resolve_model_path
-from adpa_core.real.build import build, is_built
+from adpa_core.real.build import build, is_built, summary
 from adpa_core.worlds import home_env
 
 from .realkit import RECIPE, tiny_real_world
@@ -51,7 +50,7 @@ def test_build_writes_data_pairs_teacher_and_manifest(world):
     gain = ev["teacher"]["test"]["reward"] - ev["teacher_ref"]["test"]["reward"]
     assert ev["health"]["teacher_gain"]["value"] == pytest.approx(gain)
     assert manifest["build"]["cpu_seconds"] > 0 and "load_average_at_start" in manifest["build"]
-    assert "real world (quick, seed 1)" in real_summary(manifest)
+    assert "real world (quick, seed 1)" in summary(manifest)
 
 
 def test_real_names_resolve_in_the_built_home(world):

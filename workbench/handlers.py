@@ -23,7 +23,15 @@ from .jobs import RunManager
 from .locations import Locations, WorkbenchError, one_line, positive
 from .run_form import check_models, fresh_run_name
 from .vocab import known_case, vocabulary_notes
-from .worlds import WORLDS, check_reward_world, reward_world, same_model
+from .worlds import (
+    WORLDS,
+    check_reward_world,
+    judge_details,
+    real_example,
+    reward_world,
+    same_model,
+    token_view,
+)
 
 TOY = {"teacher": "toy:teacher", "teacher_ref": "toy:teacher_ref", "student": "toy:student"}
 TOY_PROMPTS = "toy:prompts"
@@ -144,28 +152,9 @@ class Handlers:
         """The first example of a world: a toy prompt with a rude reply, or a real prompt with a reply
         that breaks one of its instructions; empty strings when the world is not built."""
         if not self._examples.get(world_name):  # looked up again until the world is there
-            find = self._find_real_example if world_name == "real" else self._find_example
+            find = real_example if world_name == "real" else self._find_example
             self._examples[world_name] = find()
         return dict(self._examples[world_name])
-
-    def _find_real_example(self) -> dict[str, str]:
-        """A held-out pair whose rejected reply breaks an instruction its chosen reply keeps (short first)."""
-        try:
-            from adpa_core.data.sources import read_rows
-            from adpa_core.real.judge import judge
-
-            rows = [row for _, row in read_rows("real:preferences", "test")[0]]
-        except (OSError, ValueError):
-            return {"prompt": "", "response": ""}
-
-        def broken(row: dict[str, Any]) -> bool:
-            ok = lambda text: [m["ok"] for m in judge(row["prompt"], text)["instructions"]]
-            return any(c and not r for c, r in zip(ok(row["chosen"]), ok(row["rejected"]), strict=True))
-
-        ranked = sorted(rows, key=lambda r: (not broken(r), len(r["rejected"])))
-        if not ranked:
-            return {"prompt": "", "response": ""}
-        return {"prompt": ranked[0]["prompt"], "response": ranked[0]["rejected"]}
 
     def _find_example(self) -> dict[str, str]:
         try:
@@ -358,32 +347,6 @@ class Handlers:
             if (method is None or r.get("method") == method)
             and (not finished or (r["display"] == "completed" and RunDir(r["path"]).final_dir.is_dir()))
         ]
-
-
-def token_view(tokenizer: Any, messages: list[dict[str, str]], token_ids: list[int]) -> dict[str, Any]:
-    """What the heatmap shows beside the tokens: which are special tokens (shown quietly), and the prompt
-    as the model reads it (the chat template applied: a default system prompt is part of it)."""
-    from adpa_core.data import prompt_ids
-
-    specials = set(tokenizer.all_special_ids)
-    return {
-        "special": [i in specials for i in token_ids],
-        "prompt_rendered": tokenizer.decode(prompt_ids(tokenizer, messages)),
-    }
-
-
-def judge_details(prompt: str, response: str, stopped: bool) -> dict[str, bool | None]:
-    """The real world's judge on one reply as {check: passed}: content, each instruction, no hack, stop."""
-    from adpa_core.real.judge import judge
-
-    out = judge(prompt, response, stopped)
-    details: dict[str, bool | None] = {
-        "right answer" if out["task"] != "open" else "on topic": out["content"]
-    }
-    details.update({m["label"]: m["ok"] for m in out["instructions"]})
-    details.update({f"no {name}": not hit for name, hit in out["hacks"].items()})
-    details["stopped"] = out["stopped"]
-    return details
 
 
 def adapter_base(source: str) -> str | None:

@@ -125,6 +125,56 @@ def same_model(a: str, b: str) -> bool:
     return resolved(a) == resolved(b)
 
 
+# ---------------------------------------------------------------- what the real world's text needs
+
+
+def real_example() -> dict[str, str]:
+    """A held-out pair whose rejected reply breaks an instruction its chosen reply keeps (the shortest
+    such reply), as {prompt, response}; empty strings when the real world is not built."""
+    try:
+        from adpa_core.data.sources import read_rows
+        from adpa_core.real.judge import judge
+
+        rows = [row for _, row in read_rows("real:preferences", "test")[0]]
+    except (OSError, ValueError):
+        return {"prompt": "", "response": ""}
+
+    def broken(row: dict[str, Any]) -> bool:
+        met = lambda text: [m["ok"] for m in judge(row["prompt"], text)["instructions"]]
+        return any(c and not r for c, r in zip(met(row["chosen"]), met(row["rejected"]), strict=True))
+
+    ranked = sorted(rows, key=lambda r: (not broken(r), len(r["rejected"])))
+    if not ranked:
+        return {"prompt": "", "response": ""}
+    return {"prompt": ranked[0]["prompt"], "response": ranked[0]["rejected"]}
+
+
+def token_view(tokenizer: Any, messages: list[dict[str, str]], token_ids: list[int]) -> dict[str, Any]:
+    """What the heatmap shows beside the tokens: which are special tokens (shown quietly), and the prompt
+    as the model reads it (the chat template applied: a default system prompt is part of it)."""
+    from adpa_core.data import prompt_ids
+
+    specials = set(tokenizer.all_special_ids)
+    return {
+        "special": [i in specials for i in token_ids],
+        "prompt_rendered": tokenizer.decode(prompt_ids(tokenizer, messages)),
+    }
+
+
+def judge_details(prompt: str, response: str, stopped: bool) -> dict[str, bool | None]:
+    """The real world's judge on one reply as {check: passed}: content, each instruction, no hack, stop."""
+    from adpa_core.real.judge import judge
+
+    out = judge(prompt, response, stopped)
+    details: dict[str, bool | None] = {
+        "right answer" if out["task"] != "open" else "on topic": out["content"]
+    }
+    details.update({m["label"]: m["ok"] for m in out["instructions"]})
+    details.update({f"no {name}": not hit for name, hit in out["hacks"].items()})
+    details["stopped"] = out["stopped"]
+    return details
+
+
 # ---------------------------------------------------------------- building the real world from the app
 
 

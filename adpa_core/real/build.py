@@ -265,6 +265,28 @@ def build(
         return manifest
 
 
+def summary(manifest: dict[str, Any]) -> str:
+    """A few lines on a built real world: timing, pairs, each model's held-out judge score, rank rate."""
+    ev, timing, pairs = manifest["evaluation"], manifest["build"], manifest["pairs"]["stats"]["train"]
+    lines = [
+        f"real world ({manifest['mode']}, seed {manifest['seed']}) built in {timing['seconds']:.0f} s "
+        f"({timing['cpu_seconds']:.0f} CPU s)",
+        f"  pairs: {pairs['pairs']} of {pairs['prompts']} prompts (ties {pairs['tie_rate']:.2f}); judge "
+        f"chosen {pairs['chosen_score']:.2f} vs rejected {pairs['rejected_score']:.2f}",
+    ]
+    for name, label in (("teacher_ref", "teacher_ref = student"), ("teacher", "teacher (DPO)")):
+        test, unseen = ev[name]["test"], ev[name]["unseen"]
+        lines.append(
+            f"  real:{label:<22} judge test {test['reward']:.3f}  unseen kinds {unseen['reward']:.3f}  "
+            f"words {test['mean_words']:.1f}  hacks {test['any_hack_rate']:.2f}"
+        )
+    adv = ev["advantages"]
+    lines.append(
+        f"  implicit reward ranks chosen first on {adv['rank_rate']:.2f} of {adv['pairs']} held-out pairs"
+    )
+    return "\n".join(lines)
+
+
 def ensure_world(
     home: str | Path | None = None, quick: bool = True, seed: int = 0, progress: bool = True
 ) -> dict[str, Any]:
