@@ -11,10 +11,11 @@ from adpa_core.config import config_from_dict
 from adpa_core.worlds import home_env
 from workbench import views
 from workbench.handlers import Handlers
-from workbench.jobs import RunManager, method_defaults, recipe
+from workbench.jobs import RunManager
 from workbench.locations import Locations, WorkbenchError
+from workbench.run_form import config_data, method_defaults, recipe
 from workbench.tabs.world import on_world
-from workbench.worlds import WORLDS, check_reward_world, model_world
+from workbench.worlds import WORLDS, check_reward_world, model_world, same_model
 
 from .realkit import tiny_real_world
 
@@ -50,13 +51,13 @@ def test_a_run_on_the_real_world_uses_the_adapter_teacher(h):
         "data": "real:preferences",
         "steps": 2,
     }
-    data = h.jobs.config_data("real-dckd", settings)
+    data = config_data(h.loc, "real-dckd", settings)
     model = data["model"]
-    assert model["teacher_adapter"] == "real:teacher" and model["teacher"] == "real:teacher_ref"
+    assert model["teacher_adapter"] == "real:teacher" and same_model(model["teacher"], "real:teacher_ref")
     assert "teacher_ref" not in model and model["lora"] is True
     config_from_dict(data)  # a valid run config
     with pytest.raises(WorkbenchError, match="its reference teacher is that base"):
-        h.jobs.config_data("bad", {**settings, "teacher_ref": "toy:teacher_ref"})
+        config_data(h.loc, "bad", {**settings, "method": "adpa", "teacher_ref": "toy:teacher_ref"})
 
 
 def test_the_world_switch_sets_every_field(h):
@@ -135,7 +136,7 @@ def test_heatmap_of_sub_word_tokens():
     assert "Ġ" not in html
     assert "id='adv-heatmap' class='adv-flush'" in html  # flush chips: sub-word pieces join into words
     assert "<span class='adv-tok'> moon</span>" in html  # the space is part of the text
-    assert "<span class='adv-tok'> </span>" in html and "\u2423" not in html  # a space token reads as a space
+    assert "<span class='adv-tok'> </span>" in html and "adv-tok'>\u2423" not in html  # a space reads as one
     assert "data-pos='6' data-special" in html and "<span class='adv-tok'>&lt;|im_end|&gt;</span>" in html
     assert f"[data-special] .adv-tok{{{views.QUIET}}}" in html  # special tokens shown quietly
     assert "You are a helpful AI assistant" in html  # the default system prompt is shown
