@@ -79,7 +79,11 @@ def _record_time(name: str, seconds: float) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.real) if p.name in REAL_WORLD else p for p in NOTEBOOKS],
+    ids=lambda p: p.stem,
+)
 def test_notebook_runs(path, toy_home, tmp_path, request):
     from nbclient import NotebookClient
 

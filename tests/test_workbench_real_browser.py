@@ -16,7 +16,7 @@ from tests.test_workbench_browser import ARGS, CHROMIUM, shot
 from tests.workbench_kit import free_port
 from workbench.jobs import pid_alive
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.real]
 
 LONG = 900_000  # ms: SmolLM2 on a busy 2-core machine (a short ADPA run generates y_hat first)
 PROMPT = "What is the capital of Japan? Answer with one word only, nothing else."
