@@ -12,8 +12,7 @@ import signal
 import pytest
 
 from adpa_core.runs import RunDir
-from tests.test_workbench_browser import ARGS, CHROMIUM, shot
-from tests.workbench_kit import free_port
+from tests.workbench_kit import ARTIFACTS, browser, free_port, open_page, shot  # noqa: F401 (fixtures)
 from workbench.jobs import pid_alive
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.real]
@@ -23,23 +22,19 @@ PROMPT = "What is the capital of Japan? Answer with one word only, nothing else.
 
 
 @pytest.fixture(scope="module")
-def page(real_home, tmp_path_factory):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (make browser-deps installs Debian's chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+def page(browser, real_home, tmp_path_factory):  # noqa: F811
+    """One page on the workbench served on the real world's home, kept across the tests (they follow one
+    another: the run the Align test trains is the one the Chat test compares)."""
     from workbench.app import build_app
 
     runs = tmp_path_factory.mktemp("real-browser-runs")
     app = build_app(real_home, str(runs))
     app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    ARTIFACTS.mkdir(exist_ok=True)
     try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        with open_page(browser, app.local_url) as page:
             page.set_default_timeout(LONG)
-            page.goto(app.local_url)
             yield page
-            browser.close()
     finally:
         app.close()
         for run in runs.iterdir():  # a failed test must not leave a training process behind
