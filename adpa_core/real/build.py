@@ -212,7 +212,10 @@ def build(
             write_prompts(data, seed, recipe["prompts"])
             same = False
 
-        pairs_key = stage_key(data_key, recipe["sampling"], code_hash(HERE, PAIR_CODE), identity, n_threads)
+        # what decides the pairs; not the thread count (a rebuild with another one is not needed, though
+        # float sums, and so the samples, are reproducible only with the same one: it is in the manifest)
+        weights = identity["weights_sha256"]
+        pairs_key = stage_key(data_key, recipe["sampling"], code_hash(HERE, PAIR_CODE), weights)
         pairs_file = data / "preferences_train.jsonl"
         old_pairs = old.get("pairs", {}) if same else {}
         if not (
