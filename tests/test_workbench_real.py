@@ -63,11 +63,12 @@ def test_a_run_on_the_real_world_uses_the_adapter_teacher(h):
 def test_the_world_switch_sets_every_field(h):
     fields = on_world(h, "real", "adpa")
     assert fields[:5] == ("real:teacher", "real:teacher_ref", "real:student", "real:prompts", "real")
-    prompt, response = fields[5], fields[6]
+    assert fields[5] == 0.5  # the heatmap's colour scale: this world's advantages are small
+    prompt, response = fields[6], fields[7]
     assert prompt and response  # a held-out pair whose rejected reply breaks an instruction
-    assert fields[7:11] == ("real:student", "real:teacher", "real:teacher_ref", "real:preferences")
-    assert fields[11] == WORLDS["real"].lora_rank and fields[14] == "real"
-    assert "same model" in fields[16]
+    assert fields[8:12] == ("real:student", "real:teacher", "real:teacher_ref", "real:preferences")
+    assert fields[12] == WORLDS["real"].lora_rank and fields[15] == "real"
+    assert "same model" in fields[17]
     assert on_world(h, "toy", "adpa")[:5] == (
         "toy:teacher",
         "toy:teacher_ref",

@@ -33,6 +33,7 @@ class World:
     reward: str
     recipes: Path
     lora_rank: int
+    scale: float  # the heatmap's colour scale: |A| at full colour
     note: str
 
 
@@ -48,6 +49,7 @@ WORLDS = {
         "toy",
         CONFIGS / "toy",
         0,
+        2.0,
         "Toy world: word-level tokens, a 0.88 M teacher pair and a 0.09 M student (`adpa toy build`); "
         "scored by the toy reward.",
     ),
@@ -62,6 +64,7 @@ WORLDS = {
         "real",
         CONFIGS / "realworld",
         16,
+        0.5,  # a DPO adapter's token advantages here are mostly within ±0.5 nats
         "Real-model world: SmolLM2-135M-Instruct. The teacher is a DPO LoRA adapter on it, the reference "
         "teacher the same model with the adapter off, and **the student is that same model** with a fresh "
         "LoRA adapter (`adpa real build`); scored by the judge of the prompts' instructions.",

@@ -231,6 +231,7 @@ def advantages_tab(h: Handlers) -> SimpleNamespace:
         teacher_ref=teacher_ref,
         dataset=dataset,
         reward=reward,
+        scale=scale,
         compute_fn=compute_fn,
         inputs=inputs,
         outputs=outputs,
