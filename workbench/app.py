@@ -41,10 +41,12 @@ def build_app(
     runs_dir: str = "runs",
     max_concurrent_runs: int = 1,
     model_dirs: tuple[str, ...] = (),
+    world: str | None = None,
 ) -> gr.Blocks:
     """The workbench on the ADPA home `home` (default $ADPA_HOME or ~/.cache/adpa) and the runs folder
     `runs_dir`. Loads no model: models load on first use. `model_dirs` are extra folders whose models
-    may be loaded by path."""
+    may be loaded by path. `world`: the world a page opens on (`toy` or `real`; None: the real-model
+    world once it is built, else the toy world)."""
     if home is not None:  # `toy:` names resolve through $ADPA_HOME, here and in the runs this app starts
         os.environ["ADPA_HOME"] = str(Path(home).expanduser())
     loc = Locations.create(adpa_home(), runs_dir, model_dirs)
@@ -61,7 +63,8 @@ def build_app(
         fields = world_fields(adv, align, chat, bar)
         heatmap = guard(lambda *a: adv.compute_fn(*a) if a[0] and a[1] else (gr.update(),) * len(adv.outputs))
         switch = guard(lambda w, m: on_world(h, w, m))
-        app.load(guard(lambda m: on_load(h, m)), [align.method], filled, api_visibility="private").then(
+        opened = guard(lambda m: on_load(h, m, world))
+        app.load(opened, [align.method], filled, api_visibility="private").then(
             switch, [bar.world, align.method], fields, api_visibility="private"
         ).then(heatmap, adv.inputs, adv.outputs, api_visibility="private")
         bar.world.input(switch, [bar.world, align.method], fields, api_visibility="private").then(
@@ -118,7 +121,7 @@ def serve(
     launch(app, host, port, share, quiet=not share)  # Gradio prints the share link itself
 
 
-def on_load(h: Handlers, method: str = "adpa") -> tuple[Any, ...]:
+def on_load(h: Handlers, method: str = "adpa", world: str | None = None) -> tuple[Any, ...]:
     """After a page (re)load everything comes from disk: the run shown is the active one, else the newest;
     ADPA+ starts from the newest finished DCKD run; the chat compares with the newest finished run; the run
     name is a fresh one (never a taken one); the app opens on the real-model world once it is built, else on
@@ -134,5 +137,5 @@ def on_load(h: Handlers, method: str = "adpa") -> tuple[Any, ...]:
         gr.update(choices=dckd, value=dckd[0] if dckd else None),
         gr.update(choices=finished, value=finished[0] if finished else None),
         h.fresh_run_name(method or "adpa"),
-        "real" if real_build_status(h.loc.home)["state"] == "built" else "toy",
+        world or ("real" if real_build_status(h.loc.home)["state"] == "built" else "toy"),
     )
