@@ -145,7 +145,7 @@ HEATMAP_CSS = (
     "#adv-heatmap .adv-token:focus-visible{box-shadow:0 0 0 3px #ff9900}"
     "#adv-heatmap .adv-tok{white-space:pre;font-weight:600}"
     "#adv-heatmap .adv-val{font-size:.72em;opacity:.9}"
-    "#adv-heatmap.adv-flush .adv-token{margin:2px 0;padding:2px 1px}"
+    "#adv-heatmap.adv-flush .adv-token{margin:2px 1px;padding:2px 1px}"
     f"#adv-heatmap .adv-token[data-special] .adv-tok{{{QUIET}}}</style>"
 )
 
