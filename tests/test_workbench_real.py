@@ -116,7 +116,7 @@ def test_the_judge_scores_chat_replies_with_its_checks(h):
 def test_advantages_of_a_real_reply_carry_the_rendered_prompt_and_special_tokens(h):
     out = h.advantages("Describe the moon.", "the cat is", "real:teacher", "real:teacher_ref", "real:student")
     rendered = out["prompt_rendered"]  # the tiny tokenizer's chat template, as the model reads it
-    assert rendered.startswith("<bos> <|user|>") and rendered.endswith("<|assistant|>")
+    assert rendered == "<bos><|user|> Describe the moon. <|end|> <|assistant|> "  # typed words kept
     assert len(out["special"]) == len(out["tokens"]) and out["special"][-1] is True  # the end-of-turn token
     assert not any(out["special"][:-1])
 

@@ -154,13 +154,14 @@ def real_example() -> dict[str, str]:
 
 def token_view(tokenizer: Any, messages: list[dict[str, str]], token_ids: list[int]) -> dict[str, Any]:
     """What the heatmap shows beside the tokens: which are special tokens (shown quietly), and the prompt
-    as the model reads it (the chat template applied: a default system prompt is part of it)."""
-    from adpa_core.data import prompt_ids
+    as the model reads it: the chat template's text (a default system prompt is part of it; the words are
+    the ones typed, even those the vocabulary lacks)."""
+    from adpa_core.data.templates import render
 
     specials = set(tokenizer.all_special_ids)
     return {
         "special": [i in specials for i in token_ids],
-        "prompt_rendered": tokenizer.decode(prompt_ids(tokenizer, messages)),
+        "prompt_rendered": render(tokenizer, messages, generation_prompt=True),
     }
 
 
