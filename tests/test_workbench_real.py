@@ -141,6 +141,6 @@ def test_heatmap_of_sub_word_tokens():
     assert "data-pos='6' data-special" in html and "<span class='adv-tok'>&lt;|im_end|&gt;</span>" in html
     assert f"[data-special] .adv-tok{{{views.QUIET}}}" in html  # special tokens shown quietly
     assert "You are a helpful AI assistant" in html  # the default system prompt is shown
-    assert "Describe the &lt;moon&gt;." in html  # escaped
+    assert "Describe the &lt;moon&gt;." in html and "<b>" not in html  # escaped; no markup element of ours
     word_level = {**report, "tokens": ["the", "moon", "is", "bright", "ish", ".", "<|end|>"]}
     assert "id='adv-heatmap' class=''" in views.heatmap_html(word_level)

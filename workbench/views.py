@@ -135,7 +135,8 @@ def prompt_header(report: dict[str, Any]) -> str:
     )
     return (
         "<div class='adv-prompt-rendered' style='font-size:.85em;opacity:.8;margin-bottom:6px;"
-        f"white-space:pre-wrap'><b>prompt as the model reads it:</b>\n{body}</div>"
+        "white-space:pre-wrap'><span style='font-weight:600'>prompt as the model reads it:</span>"
+        f"\n{body}</div>"
     )
 
 
