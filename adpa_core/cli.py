@@ -379,10 +379,65 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     adv = ev["advantages"]
     rank, hit = adv["rank_rate"], adv["flaw_hit_rate"]
     print(f"  advantages: chosen ranked first {rank:.2f}, worst token on the flaw {hit:.2f}")
-    for name, gate in ev["health"].items():
+    _health_warnings(ev["health"])
+    return 0
+
+
+def _health_warnings(gates: dict[str, Any]) -> None:
+    """One warning line per failed health gate of a world's manifest."""
+    for name, gate in gates.items():
         if not gate["ok"]:
-            low = f"{gate['value']:.2f} < {gate['min']}"
-            print(f"  warning: {name} = {low} (train longer or try another --seed)")
+            bound = f"< {gate['min']}" if "min" in gate else f"> {gate['max']}"
+            print(f"  warning: {name} = {gate['value']:.2f} {bound} (train longer or try another --seed)")
+
+
+# ---------------------------------------------------------------- real
+
+
+def _args_real(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "action",
+        choices=("build", "compare"),
+        help="build: prompts, on-policy pairs, the DPO teacher; compare: the methods on the built world",
+    )
+    p.add_argument("--quick", action="store_true", help="a smaller world in a few minutes (tests, demos)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--home", default=None, help="ADPA home folder (default: $ADPA_HOME or ~/.cache/adpa)")
+    p.add_argument("--threads", type=_positive(int), default=2, help="torch threads (default 2)")
+    p.add_argument("--force", action="store_true", help="rebuild every step")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--seeds", type=_positive(int), default=3, help="compare: training seeds (default 3)")
+    p.add_argument("--steps", type=_positive(int), default=60, help="compare: steps per run (default 60)")
+    p.add_argument("--out", default="results/real-compare", help="compare: output folder")
+
+
+def _cmd_real(args: argparse.Namespace) -> int:
+    from .real.build import build, summary
+
+    if args.action == "compare":
+        return _real_compare(args)
+
+    manifest = build(
+        args.home,
+        seed=args.seed,
+        quick=args.quick,
+        progress=not args.quiet,
+        force=args.force,
+        n_threads=args.threads,
+    )
+    print(summary(manifest))
+    _health_warnings(manifest["evaluation"]["health"])
+    return 0
+
+
+def _real_compare(args: argparse.Namespace) -> int:
+    from .real.compare import compare
+    from .worlds import home_env, threads
+
+    command = "adpa real " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "adpa real compare"
+    with home_env(args.home), threads(args.threads):
+        compare(args.seeds, args.steps, args.out, command=command)
+    print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
     return 0
 
 
@@ -504,6 +559,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None, Handler | None]] = {
     "toy": ("build the offline toy world (data, tokenizer, teachers, student)", _args_toy, _cmd_toy),
+    "real": (
+        "build the real-model world on SmolLM2 (prompts, on-policy pairs, DPO teacher)",
+        _args_real,
+        _cmd_real,
+    ),
     "train": (
         "one alignment run (sft | dpo | kd | dckd | adpa | adpa_plus) from a YAML config",
         _args_train,

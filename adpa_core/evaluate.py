@@ -20,7 +20,7 @@ from .config import RunConfig
 from .data import load_prompts
 from .generate import Generation, decoding_settings
 from .models import load_inference_model
-from .paths import TOY_PREFIX
+from .paths import world_of
 from .rewards import Reward, RewardModel, load_reward, prompt_text, python_reward, reward_model, toy_reward
 from .run_models import (
     ModelSource,
@@ -151,15 +151,17 @@ def evaluate_model(
 
 
 def eval_inputs(cfg: RunConfig, data: str | None, reward: Any) -> tuple[str, Any]:
-    """(data, reward) with the toy defaults (toy:prompts, toy) for runs on the toy world."""
+    """(data, reward) with a world's defaults for runs on a built world: toy:prompts and the toy reward
+    (`toy`), or real:prompts and the real world's judge (`real`)."""
     if data is not None and reward is not None:
         return data, reward
-    if cfg.model.student.startswith(TOY_PREFIX) or cfg.data.train.startswith(TOY_PREFIX):
-        return data or "toy:prompts", reward if reward is not None else "toy"
+    world = world_of(cfg.model.student) or world_of(cfg.data.train)
+    if world is not None:
+        return data or f"{world}:prompts", reward if reward is not None else world
     missing = " and ".join(n for n, v in (("--reward", reward), ("--data", data)) if v is None)
     raise EvalError(
-        f"run {cfg.name} does not use the toy world, so there is no default reward or data: give {missing} "
-        "(--reward: a reward model path or hub id, `toy`, or py:MODULE:FUNCTION; --data: a prompt, "
+        f"run {cfg.name} does not use a built world, so there is no default reward or data: give {missing} "
+        "(--reward: a reward model path or hub id, `toy`, `real`, or py:MODULE:FUNCTION; --data: a prompt, "
         "preference or SFT file, or a hub id)"
     )
 

@@ -1,9 +1,10 @@
-"""Rewards for evaluation: a Python function per example, the toy world's reward, or a reward model.
+"""Rewards for evaluation: a Python function per example, the toy reward, the real world's judge, or a
+reward model.
 
 A reward is a callable `(prompts, responses, stopped) -> list[float]`: `prompts` are chat messages, one
 list per example. It may also have a `name` (recorded in eval.json) and a `report_sections(prompts,
 responses, stopped) -> dict` method whose sections are added to the report (the toy reward adds "toy":
-correctness per subset and style rates).
+correctness per subset and style rates; the real world's judge adds "real": content, instructions, hacks).
 """
 
 from __future__ import annotations
@@ -127,6 +128,17 @@ def require_toy_prompts(prompts: Sequence[str]) -> None:
         )
 
 
+def real_reward() -> PythonReward:
+    """The real-model world's judge (adpa_core.real.judge) with its summary under "real": content per task
+    kind, each instruction kind met, hack rates."""
+    judge = importlib.import_module("adpa_core.real.judge")
+
+    def fn(prompt: str, response: str, stopped: bool) -> float:
+        return judge.reward(prompt, response, stopped=stopped)
+
+    return PythonReward(fn, "real", judge.summarize)
+
+
 def _built_toy_world() -> Any:
     from .toy.world import make_world
 
@@ -246,13 +258,16 @@ def reward_model(
 
 
 def load_reward(spec: str | Any, batch_size: int = 8, device: torch.device | str | None = None) -> Any:
-    """A reward from a spec: `toy`, `py:MODULE:FUNCTION` (a per-example Python function), or a reward
-    model's path / hub id. A callable passes through."""
+    """A reward from a spec: `toy` (the toy reward), `real` (the real-model world's judge),
+    `py:MODULE:FUNCTION` (a per-example Python function), or a reward model's path / hub id. A callable
+    passes through."""
     if callable(spec):
         return spec
     spec = str(spec)
     if spec == "toy":
         return toy_reward()
+    if spec == "real":
+        return real_reward()
     if spec.startswith("py:"):
         module, _, attr = spec[3:].partition(":")
         try:

@@ -61,3 +61,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("real model (SmolLM2-135M-Instruct)")
         for nodeid, outcome, seconds in rows:
             terminalreporter.write_line(f"{outcome:<7} {seconds:6.1f} s  {nodeid}")
+
+
+@pytest.fixture(scope="session")
+def real_home(toy_home) -> str:
+    """The quick real-model world on SmolLM2 (`adpa real build --quick`), built once per test session in
+    this session's ADPA_HOME (next to the toy world); an existing build there is kept."""
+    from adpa_core.real.build import ensure_world
+
+    ensure_world(toy_home, quick=True, progress=False)
+    return toy_home

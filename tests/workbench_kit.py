@@ -128,7 +128,7 @@ def served(browser, toy_home, tmp_path_factory):
 
     runs = tmp_path_factory.mktemp("browser-runs")
     finished_run(runs, "sft-done", steps=30)
-    app = build_app(toy_home, str(runs))
+    app = build_app(toy_home, str(runs), world="toy")  # the session's home may hold the real world too
     app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     ARTIFACTS.mkdir(exist_ok=True)
     try:

@@ -25,6 +25,8 @@ from .tabs import guard
 from .tabs.advantages import advantages_tab
 from .tabs.align import align_tab
 from .tabs.chat import chat_tab
+from .tabs.world import on_world, wire_real_build, world_bar, world_fields
+from .worlds import real_build_status
 
 INTRO = (
     "# ADPA Lab workbench\n"
@@ -39,10 +41,12 @@ def build_app(
     runs_dir: str = "runs",
     max_concurrent_runs: int = 1,
     model_dirs: tuple[str, ...] = (),
+    world: str | None = None,
 ) -> gr.Blocks:
     """The workbench on the ADPA home `home` (default $ADPA_HOME or ~/.cache/adpa) and the runs folder
     `runs_dir`. Loads no model: models load on first use. `model_dirs` are extra folders whose models
-    may be loaded by path."""
+    may be loaded by path. `world`: the world a page opens on (`toy` or `real`; None: the real-model
+    world once it is built, else the toy world)."""
     if home is not None:  # `toy:` names resolve through $ADPA_HOME, here and in the runs this app starts
         os.environ["ADPA_HOME"] = str(Path(home).expanduser())
     loc = Locations.create(adpa_home(), runs_dir, model_dirs)
@@ -50,18 +54,23 @@ def build_app(
     h = Handlers(loc, RunManager(loc, max_concurrent_runs))
     with gr.Blocks(title="ADPA Lab workbench") as app:
         gr.Markdown(INTRO)
+        bar = world_bar()
         with gr.Tabs(elem_id="tabs") as tabs:
             adv = advantages_tab(h)
             align = align_tab(h)
             chat = chat_tab(h, adv, tabs)
-        filled = [align.watch, align.runs, align.dckd_run, chat.run, adv.prompt, adv.response, chat.prompt]
-        filled.append(align.name)
-        app.load(guard(lambda m: on_load(h, m)), [align.method], filled, api_visibility="private").then(
-            guard(lambda *a: adv.compute_fn(*a) if a[0] and a[1] else (gr.update(),) * len(adv.outputs)),
-            adv.inputs,
-            adv.outputs,
-            api_visibility="private",
+        filled = [align.watch, align.runs, align.dckd_run, chat.run, align.name, bar.world]
+        fields = world_fields(adv, align, chat, bar)
+        heatmap = guard(lambda *a: adv.compute_fn(*a) if a[0] and a[1] else (gr.update(),) * len(adv.outputs))
+        switch = guard(lambda w, m: on_world(h, w, m))
+        opened = guard(lambda m: on_load(h, m, world))
+        app.load(opened, [align.method], filled, api_visibility="private").then(
+            switch, [bar.world, align.method], fields, api_visibility="private"
+        ).then(heatmap, adv.inputs, adv.outputs, api_visibility="private")
+        bar.world.input(switch, [bar.world, align.method], fields, api_visibility="private").then(
+            heatmap, adv.inputs, adv.outputs, api_visibility="private"
         )
+        wire_real_build(h, bar)
     settle()
     return app
 
@@ -100,27 +109,33 @@ def serve(
         )
         ensure_world(home, quick=toy == "quick", progress=True)
     app = build_app(home, runs_dir, max_concurrent_runs, model_dirs)
+    if real_build_status(Path(home))["state"] == "built":
+        print("Opening on the real-model world (SmolLM2); the world switch goes back to the toy world.")
+    else:
+        print(
+            "The real-model world (SmolLM2) is one button in the app away, or run `adpa real build --quick` "
+            "(about 4 minutes on 2 free CPU cores); once built, the workbench opens on it.",
+            flush=True,
+        )
     print(f"ADPA Lab workbench on http://{host}:{port} (Ctrl+C stops it)", flush=True)
     launch(app, host, port, share, quiet=not share)  # Gradio prints the share link itself
 
 
-def on_load(h: Handlers, method: str = "adpa") -> tuple[Any, ...]:
+def on_load(h: Handlers, method: str = "adpa", world: str | None = None) -> tuple[Any, ...]:
     """After a page (re)load everything comes from disk: the run shown is the active one, else the newest;
-    ADPA+ starts from the newest finished DCKD run; the chat compares with the newest finished run; the
-    prompts start with a toy example (a rude reply); the run name is a fresh one (never a taken one)."""
+    ADPA+ starts from the newest finished DCKD run; the chat compares with the newest finished run; the run
+    name is a fresh one (never a taken one); the app opens on the real-model world once it is built, else on
+    the toy world (whose fields and first example `on_world` then sets)."""
     rows = h.list_runs()
     active = [r["name"] for r in rows if r["display"] in ("queued", "running")]
     names = [r["name"] for r in rows]
     finished = h.run_names(finished=True)
     dckd = h.run_names("dckd", finished=True)
-    example = h.example()
     return (
         gr.update(choices=names, value=(active or names or [None])[0]),
         run_views.runs_table(rows),
         gr.update(choices=dckd, value=dckd[0] if dckd else None),
         gr.update(choices=finished, value=finished[0] if finished else None),
-        example["prompt"],
-        example["response"],
-        example["prompt"],
         h.fresh_run_name(method or "adpa"),
+        world or ("real" if real_build_status(h.loc.home)["state"] == "built" else "toy"),
     )

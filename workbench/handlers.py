@@ -23,6 +23,15 @@ from .jobs import RunManager
 from .locations import Locations, WorkbenchError, one_line, positive
 from .run_form import check_models, fresh_run_name
 from .vocab import known_case, vocabulary_notes
+from .worlds import (
+    WORLDS,
+    check_reward_world,
+    judge_details,
+    real_example,
+    reward_world,
+    same_model,
+    token_view,
+)
 
 TOY = {"teacher": "toy:teacher", "teacher_ref": "toy:teacher_ref", "student": "toy:student"}
 TOY_PROMPTS = "toy:prompts"
@@ -34,7 +43,7 @@ class Handlers:
     def __init__(self, locations: Locations, jobs: RunManager, cache: ModelCache | None = None) -> None:
         self.loc, self.jobs = locations, jobs
         self.cache = cache or ModelCache()
-        self._example: dict[str, str] | None = None
+        self._examples: dict[str, dict[str, str]] = {}
 
     # ------------------------------------------------------------ models (lazy, cached)
     def inference_model(self, name: str) -> tuple[Any, Any]:
@@ -76,10 +85,10 @@ class Handlers:
         ref = self.loc.source(teacher_ref, "reference teacher") if (teacher_ref or "").strip() else None
         tokenizer = self.tokenizer(dpo)
         base = adapter_base(dpo)
-        if base is not None and ref is not None and ref != base:
+        if base is not None and ref is not None and not same_model(ref, base):
             raise WorkbenchError(
                 f"the DPO teacher {teacher!r} is a LoRA adapter on {base!r}: its reference teacher is that "
-                "base with the adapter off; leave the reference teacher empty"
+                "base with the adapter off; leave the reference teacher empty (or give that base)"
             )
 
         def load() -> Any:
@@ -95,12 +104,17 @@ class Handlers:
         return self.cache.get((dpo, None if base else ref, "pair"), load), tokenizer
 
     def reward_fn(self, spec: str) -> Any:
-        """`toy` (the toy world's exact reward) or a reward model (toy: name, hub id or confined path)."""
+        """`toy` (the toy world's exact reward), `real` (the real world's judge) or a reward model (a hub id
+        or confined path)."""
         spec = (spec or "").strip()
         if spec == "toy":
             from adpa_core.rewards import toy_reward
 
             return self.cache.get((str(self.loc.home), "toy-reward"), toy_reward)
+        if spec == "real":
+            from adpa_core.rewards import real_reward
+
+            return self.cache.get(("real-reward",), real_reward)
         source = self.loc.source(spec, "reward model")
 
         def load() -> Any:
@@ -134,11 +148,13 @@ class Handlers:
         i = random.randrange(len(rows)) if index is None or int(index) < 0 else int(index) % len(rows)
         return {"id": rows[i]["id"], "index": i, "count": len(rows), "prompt": prompt_text(rows[i]["prompt"])}
 
-    def example(self) -> dict[str, str]:
-        """A toy prompt with a rude reply, shown first; empty strings when there is no toy world."""
-        if not self._example:  # looked up again until a toy world is there
-            self._example = self._find_example()
-        return dict(self._example)
+    def example(self, world_name: str = "toy") -> dict[str, str]:
+        """The first example of a world: a toy prompt with a rude reply, or a real prompt with a reply
+        that breaks one of its instructions; empty strings when the world is not built."""
+        if not self._examples.get(world_name):  # looked up again until the world is there
+            find = real_example if world_name == "real" else self._find_example
+            self._examples[world_name] = find()
+        return dict(self._examples[world_name])
 
     def _find_example(self) -> dict[str, str]:
         try:
@@ -185,10 +201,11 @@ class Handlers:
             check_tokenizer_contract(tokenizer, student_tok, ("teacher", "student"))
         prompt, lowered = known_case(tokenizer, prompt)
         response, lowered_reply = known_case(tokenizer, response)
+        messages = prompt_messages(prompt)
         report = response_advantages(
             pair,
             tokenizer,
-            prompt_messages(prompt),
+            messages,
             response,
             beta=beta,
             k=int(k),
@@ -200,6 +217,7 @@ class Handlers:
         out["unknown"], notes = vocabulary_notes(tokenizer, prompt, report.token_ids, lowered + lowered_reply)
         out["notes"] = notes + out["notes"]
         out["worst"] = report.worst(5)
+        out.update(token_view(tokenizer, messages, report.token_ids))
         out["models"] = {"teacher": teacher, "teacher_ref": teacher_ref or None, "student": student or None}
         return out
 
@@ -230,12 +248,14 @@ class Handlers:
     def chat(
         self, prompt: str, model: str, max_new_tokens: int = 48, reward: str = "toy"
     ) -> Iterator[dict[str, Any]]:
-        """`stream` with `model` in every part, and the reply's `score` (see `score_response`) at the end."""
+        """`stream` with `model` in every part, and the reply's `score` (see `score_response`) at the end.
+        A reward that cannot score this model's text (another world's) is a `score_error`, like one that
+        cannot load: the reply stays."""
         for part in self.stream(prompt, model, max_new_tokens):
             part["model"] = model
             if part["done"] and (reward or "").strip():
                 try:  # a reward that cannot load must not hide the reply (check_reward says why, once)
-                    part["score"] = self.score_response(prompt, part["text"], reward, part["stopped"])
+                    part["score"] = self.score_response(prompt, part["text"], reward, part["stopped"], model)
                 except (ValueError, OSError) as exc:
                     part["score_error"] = one_line(exc)
             yield part
@@ -251,12 +271,16 @@ class Handlers:
         return ""
 
     def score_response(
-        self, prompt: str, response: str, reward: str = "toy", stopped: bool = True
+        self, prompt: str, response: str, reward: str = "toy", stopped: bool = True, model: str | None = None
     ) -> dict[str, Any]:
         """{reward, name, details}: the reward of one reply; for the toy reward, details says which terms
-        counted (correct answer, no rude word, no rambling, stopped)."""
+        counted (correct answer, no rude word, no rambling, stopped); for the real world's judge, the
+        content check, each instruction, the absence of hacks and the stop. `model`: the model the reply
+        is scored for (a world's reward is refused on another world's model)."""
         from adpa_core.advantage import prompt_messages
 
+        if model:
+            check_reward_world(reward, self.loc.source(model))
         fn = self.reward_fn(reward)
         args = ([prompt_messages(prompt or "")], [response or ""], [bool(stopped)])
         out = {"reward": float(fn(*args)[0]), "name": getattr(fn, "name", reward), "details": {}}
@@ -270,12 +294,15 @@ class Handlers:
                 "concise": not toy["ramble_rate"],
                 "stopped": bool(toy["stop_rate"]),
             }
+        if getattr(fn, "name", None) == "real":
+            out["details"] = judge_details(prompt, response or "", bool(stopped))
         return out
 
-    def before_model(self, run: str | None) -> str:
-        """The student a run started from (for ADPA+: its DCKD run), or toy:student without a run."""
+    def before_model(self, run: str | None, reward: str | None = None) -> str:
+        """The student a run started from (for ADPA+: its DCKD run); without a run, the student of the
+        world whose reward is chosen (toy:student for a reward model)."""
         if not (run or "").strip():
-            return TOY["student"]
+            return WORLDS[reward_world(reward) or "toy"].student
         path = self.loc.run_dir(run) / "config.yaml"
         try:
             return yaml.safe_load(path.read_text(encoding="utf-8"))["model"]["student"]
@@ -323,7 +350,15 @@ class Handlers:
 
 
 def adapter_base(source: str) -> str | None:
-    """The base model of a peft LoRA adapter folder (or of a run whose final/ is one); None otherwise."""
+    """The base model of a peft LoRA adapter folder (or of a run whose final/ is one, or a short name such
+    as `real:teacher`); None otherwise."""
+    from adpa_core.paths import resolve_model_path, world_of
+
+    if world_of(source) is not None:
+        try:
+            source = resolve_model_path(source)
+        except (OSError, ValueError):
+            return None
     folder = Path(source).expanduser()
     if (folder / "final").is_dir():
         folder = folder / "final"

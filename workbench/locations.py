@@ -2,7 +2,8 @@
 
 A browser can send any string, so every name that reaches the disk goes through here first: run names are
 plain names (never paths), and a path is resolved and must lie inside the runs folder, the ADPA home or an
-extra model folder given at launch. `toy:` names and hub ids (owner/name) pass through unchanged.
+extra model folder given at launch. Short names (`toy:`, `real:`, `smol:base`) and hub ids (owner/name) pass
+through unchanged.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adpa_core.paths import MODEL_ALIASES, world_of
+
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-TOY_PREFIX = "toy:"
 
 
 class WorkbenchError(ValueError):
@@ -91,7 +93,7 @@ class Locations:
         text = (text or "").strip()
         if not text:
             raise WorkbenchError(f"the {what} is empty: give a toy: name, a run name, a hub id or a path")
-        if text.startswith(TOY_PREFIX):
+        if world_of(text) is not None or text in MODEL_ALIASES:
             return text
         if RUN_NAME.fullmatch(text) and (self.runs_dir / text).is_dir():
             return str(self.runs_dir / text)

@@ -1,11 +1,13 @@
 """From the Align form to a checked `RunConfig`: what `adpa train` would refuse is refused before Start.
 
-The form's settings (plain values: method, name, steps, ...) are applied to the method's toy recipe
-(configs/toy/<method>.yaml) and built with `adpa_core.config.config_from_dict`, the validation `adpa train`
-runs itself; its `ConfigError` comes back as one line that starts with the label of the form field. A
-setting that is absent keeps the recipe's value; one that is present but empty is an error (never a silent
-default). `check_models` then resolves every model, compares the tokenizers and bounds the LoRA rank, so a
-run that cannot start is never started.
+The form's settings (plain values: method, name, steps, ...) are applied to the method's recipe in the
+student's world (configs/toy/ or configs/realworld/<method>.yaml) and built with
+`adpa_core.config.config_from_dict`, the validation `adpa train` runs itself; its `ConfigError` comes back
+as one line that starts with the label of the form field. A setting that is absent keeps the recipe's
+value; one that is present but empty is an error (never a silent default). `check_models` then resolves
+every model, compares the tokenizers and bounds the LoRA rank, so a run that cannot start is never
+started. A DPO teacher that is a LoRA adapter (the real world's `real:teacher`) becomes the recipe's
+`model.teacher_adapter` on its base.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from adpa_core.config import (
 from adpa_core.runs import RunDir
 
 from .locations import Locations, WorkbenchError
+from .worlds import model_world, same_model, world
 
 RECIPES = Path(__file__).resolve().parent.parent / "configs" / "toy"
 # The toy recipe's settings when configs/toy is not shipped (e.g. an installed package).
@@ -98,12 +101,12 @@ def field_error(exc: Exception) -> WorkbenchError:
     return WorkbenchError(f"{LABELS[setting]}: {text}" if setting else text)
 
 
-def recipe(method: str) -> dict[str, Any]:
-    """The toy recipe of `method` (configs/toy/<method>.yaml) as plain data."""
+def recipe(method: str, world_name: str = "toy") -> dict[str, Any]:
+    """A world's recipe of `method` (configs/toy/ or configs/realworld/<method>.yaml) as plain data."""
     if method not in METHODS:
         choices = ", ".join(METHODS)
         raise WorkbenchError(f"{LABELS['method']}: unknown method {method!r}; choose one of {choices}")
-    path = RECIPES / f"{method}.yaml"
+    path = (RECIPES if world_name == "toy" else world(world_name).recipes) / f"{method}.yaml"
     if path.is_file():
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     data = {k: dict(v) for k, v in FALLBACK_RECIPE.items()}
@@ -111,12 +114,12 @@ def recipe(method: str) -> dict[str, Any]:
     return data
 
 
-def method_defaults(method: str) -> dict[str, Any]:
-    """The settings the Align tab shows for `method`: its recipe's steps and learning rate, and the
-    objective's alpha (KL weight), gamma (ADPA weight) and beta (advantage scale; beta_dpo for DPO)."""
+def method_defaults(method: str, world_name: str = "toy") -> dict[str, Any]:
+    """The settings the Align tab shows for `method` in a world: its recipe's steps and learning rate, and
+    the objective's alpha (KL weight), gamma (ADPA weight) and beta (advantage scale; beta_dpo for DPO)."""
     from adpa_core.config import ObjectiveConfig
 
-    data = recipe(method)
+    data = recipe(method, world_name)
     obj = ObjectiveConfig(**{**data.get("objective", {}), "method": method})
     return {
         "steps": int(data["train"]["max_steps"]),
@@ -169,7 +172,7 @@ def _whole(value: Any) -> int:
 def config_data(loc: Locations, name: str, s: dict[str, Any]) -> dict[str, Any]:
     """The run config as plain data: the method's recipe with the form's settings applied."""
     method = s.get("method") or "sft"
-    data = recipe(method)
+    data = recipe(method, _student_world(loc, s, method))
     data["name"], data["output_dir"] = name, str(loc.runs_dir)
     model, obj, train = data.setdefault("model", {}), data.setdefault("objective", {}), data["train"]
     obj["method"] = method
@@ -179,6 +182,8 @@ def config_data(loc: Locations, name: str, s: dict[str, Any]) -> dict[str, Any]:
     if method not in TEACHER_METHODS:
         for key in ("teacher", "teacher_ref", "teacher_adapter"):
             model.pop(key, None)
+    else:
+        _adapter_teacher(model)
     if method == "adpa_plus":
         model["student"] = dckd_student(loc, s.get("dckd_run"))
     if "data" in s:
@@ -201,6 +206,39 @@ def config_data(loc: Locations, name: str, s: dict[str, Any]) -> dict[str, Any]:
     if rank > 0:
         model.update(lora=True, lora_r=rank, lora_alpha=2 * rank)
     return data
+
+
+def _student_world(loc: Locations, s: dict[str, Any], method: str) -> str:
+    """The world whose recipe a run follows: its student's (ADPA+: its DCKD run's); toy when unknown."""
+    if method == "adpa_plus" and s.get("dckd_run"):
+        student = dckd_student(loc, s["dckd_run"])
+    elif (s.get("student") or "").strip():
+        student = loc.source(s["student"], LABELS["student"])
+    else:
+        return "toy"
+    return model_world(student) or "toy"
+
+
+def _adapter_teacher(model: dict[str, Any]) -> None:
+    """A DPO teacher that is a LoRA adapter sits on its base: the reference teacher is that base with the
+    adapter off (`model.teacher_adapter`), so a reference teacher given next to it must be that base. A
+    full teacher replaces a recipe's adapter."""
+    from .handlers import adapter_base
+
+    teacher = model.get("teacher")
+    if teacher is None:
+        return
+    base = adapter_base(teacher)
+    if base is None and teacher != model.get("teacher_adapter"):
+        model.pop("teacher_adapter", None)
+        return
+    ref = model.pop("teacher_ref", None)
+    if ref is not None and base is not None and not same_model(ref, base):
+        raise WorkbenchError(
+            f"{LABELS['teacher_ref']}: the DPO teacher {teacher!r} is a LoRA adapter on {base!r}; its "
+            f"reference teacher is that base with the adapter off, not {ref!r}"
+        )
+    model.update(teacher=ref or base, teacher_adapter=teacher)
 
 
 def _objective_settings(method: str, obj: dict[str, Any], s: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,23 +83,60 @@ def heatmap_html(report: dict[str, Any], scale: float = DEFAULT_SCALE) -> str:
     if not report or not report.get("tokens"):
         return "<div id='adv-heatmap-empty' style='opacity:.7'>Compute advantages to see the heatmap.</div>"
     worst = outlined(report, scale)
+    specials = report.get("special") or [False] * len(report["tokens"])
+    flush = subword(
+        report["tokens"]
+    )  # sub-word pieces (their spaces in their text) sit flush: words read whole
     chips = []
     for t, (token, a) in enumerate(zip(report["tokens"], report["advantage"], strict=True)):
         detail = esc(token_detail(report, t))
         border = "outline: 2px solid #d62728; outline-offset: 1px;" if t == worst else ""
+        special = " data-special" if specials[t] else ""
         chips.append(
-            f"<span class='adv-token' role='button' tabindex='0' data-pos='{t}' aria-label='{detail}' "
+            f"<span class='adv-token' role='button' tabindex='0' data-pos='{t}'{special} "
+            f"aria-label='{detail}' "
             f"style='{chip_style(unit(a, scale))}{border}'>"
-            f"<span class='adv-tok'>{esc(show_token(token))}</span>"
+            f"<span class='adv-tok'>{esc(token_text(token, flush))}</span>"
             f"<span class='adv-val'>{a:+.2f}</span></span>"
         )
-    prompt = " ".join(m["content"] for m in report.get("prompt", []) if m.get("role") == "user")
     return (
-        f"<div id='adv-heatmap' data-scale='{scale:g}' style='line-height:1.3'>{HEATMAP_CSS}"
-        f"<div style='font-size:.85em;opacity:.75;margin-bottom:6px'>prompt: {esc(prompt)}</div>"
+        f"<div id='adv-heatmap' class='{'adv-flush' if flush else ''}' data-scale='{scale:g}' "
+        f"style='line-height:1.3'>{HEATMAP_CSS}{prompt_header(report)}"
         f"<div style='display:flex;flex-wrap:wrap;align-items:flex-start'>{''.join(chips)}</div>"
         f"<div id='adv-token-detail' aria-live='polite' style='font-size:.8em;min-height:1.3em;"
         f"margin-top:6px'></div>{legend(scale, worst is not None)}</div>"
+    )
+
+
+def subword(tokens: Sequence[str]) -> bool:
+    """True for a sub-word tokenizer's tokens (some carry a leading space), False for word-level ones."""
+    return any(t[:1].isspace() for t in tokens)
+
+
+QUIET = "font-size:.78em;opacity:.55;font-style:italic;font-weight:400"
+
+
+def token_text(token: str, flush: bool = False) -> str:
+    """A token's text as it reads in the reply. `flush` (sub-word pieces side by side): spaces stay spaces,
+    even a token that is only a space, so the reply reads as text; else `show_token`."""
+    return token.replace("\n", "\u21b5").replace("\t", "\u21e5") if flush else show_token(token)
+
+
+def prompt_header(report: dict[str, Any]) -> str:
+    """The prompt as the model reads it (the chat template's text, e.g. its default system prompt, included;
+    special tokens quiet), or its user messages when the rendered text is not in the report."""
+    rendered = report.get("prompt_rendered")
+    if not rendered:
+        prompt = " ".join(m["content"] for m in report.get("prompt", []) if m.get("role") == "user")
+        return f"<div style='font-size:.85em;opacity:.75;margin-bottom:6px'>prompt: {esc(prompt)}</div>"
+    parts = re.split(r"(<\|[^|<>]*\|>|<s>|</s>)", rendered)
+    body = "".join(
+        f"<span style='{QUIET}'>{esc(p)}</span>" if i % 2 else esc(p) for i, p in enumerate(parts) if p
+    )
+    return (
+        "<div class='adv-prompt-rendered' style='font-size:.85em;opacity:.8;margin-bottom:6px;"
+        "white-space:pre-wrap'><span style='font-weight:600'>prompt as the model reads it:</span>"
+        f"\n{body}</div>"
     )
 
 
@@ -107,7 +145,9 @@ HEATMAP_CSS = (
     "margin:2px;padding:2px 6px;border-radius:5px;cursor:pointer}"
     "#adv-heatmap .adv-token:focus-visible{box-shadow:0 0 0 3px #ff9900}"
     "#adv-heatmap .adv-tok{white-space:pre;font-weight:600}"
-    "#adv-heatmap .adv-val{font-size:.72em;opacity:.9}</style>"
+    "#adv-heatmap .adv-val{font-size:.72em;opacity:.9}"
+    "#adv-heatmap.adv-flush .adv-token{margin:2px 1px;padding:2px 1px}"
+    f"#adv-heatmap .adv-token[data-special] .adv-tok{{{QUIET}}}</style>"
 )
 
 

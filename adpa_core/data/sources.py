@@ -1,4 +1,5 @@
-"""Reading raw rows from a data source: a local file, a hub id, `toy:<name>` or rows in memory.
+"""Reading raw rows from a data source: a local file, a hub id, `toy:<name>` / `real:<name>` (the data of
+a built world) or rows in memory.
 
 Nothing here knows the layouts; `rows.py` validates and normalizes. Each raw row comes with a location
 label (`data.jsonl row 2 (line 3)`) that every later error message starts with.
@@ -15,7 +16,7 @@ from typing import Any
 import datasets
 
 from adpa_core.config import DATA_FILE_SUFFIXES as FILE_SUFFIXES
-from adpa_core.paths import TOY_PREFIX, toy_dir
+from adpa_core.paths import adpa_home, world_of
 
 
 class DataError(ValueError):
@@ -46,25 +47,31 @@ def read_rows(source: Any, split: str = "train") -> tuple[list[tuple[str, Any]],
     if not isinstance(source, str | os.PathLike):
         raise DataError(
             f"unsupported data source of type {type(source).__name__}; give a file path, a hub id, "
-            "toy:<name>, a datasets.Dataset or a list of dicts"
+            "toy:<name>, real:<name>, a datasets.Dataset or a list of dicts"
         )
     name = os.fspath(source)
-    if name.startswith(TOY_PREFIX):
-        return read_file(toy_data_path(name, split)), name
+    if world_of(name) is not None:
+        return read_file(world_data_path(name, split)), name
     path = Path(name).expanduser()
     if path.is_file() or path.suffix.lower() in FILE_SUFFIXES:
         return read_file(path), str(path)
     return _read_hub(name, split), name
 
 
-def toy_data_path(name: str, split: str) -> Path:
-    """`toy:<name>` -> `$ADPA_HOME/toy/data/<name>_<split>.jsonl`; an error says how to build it."""
-    which = name[len(TOY_PREFIX) :]
-    path = toy_dir() / "data" / f"{which}_{split}.jsonl"
+def world_data_path(name: str, split: str) -> Path:
+    """`toy:<name>` / `real:<name>` -> `$ADPA_HOME/<world>/data/<name>_<split>.jsonl`; an error says how to
+    build it, or which splits there are."""
+    world = world_of(name)
+    which = name[len(world) + 1 :]
+    folder = adpa_home() / world / "data"
+    path = folder / f"{which}_{split}.jsonl"
     if not path.is_file():
+        splits = sorted(p.stem[len(which) + 1 :] for p in folder.glob(f"{which}_*.jsonl"))
+        if splits:
+            raise DataError(f"{world} data {name!r} has no split {split!r}; splits: {', '.join(splits)}")
         raise DataError(
-            f"toy data {name!r} (split {split!r}) is not built yet (looked for {path}); "
-            "run `adpa toy build` first"
+            f"{world} data {name!r} (split {split!r}) is not built yet (looked for {path}); "
+            f"run `adpa {world} build` first"
         )
     return path
 

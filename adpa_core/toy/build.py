@@ -16,10 +16,6 @@ still match their recorded hash is skipped.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,10 +25,20 @@ from typing import Any
 import torch
 from transformers import LlamaForCausalLM
 
-from .. import __version__
 from ..config import config_from_dict
 from ..paths import toy_dir
-from ..runs import atomic_write_json, file_sha256
+from ..runs import atomic_write_json
+from ..worlds import (
+    Stage,
+    code_hash,
+    complete_manifest,
+    home_env,
+    read_manifest,
+    run_stages,
+    stage_key,
+    threads,
+    versions,
+)
 from .datasets import write_datasets
 from .models import BUILD_RECIPE, count_parameters, toy_model_config
 from .tokenizer import build_tokenizer, save_tokenizer
@@ -53,59 +59,23 @@ EVAL_NEW_TOKENS = 48
 WORLD_CODE = ("world.py", "datasets.py", "lexicon.py", "tokenizer.py", "models.py")
 
 
-def _code_hash() -> str:
-    digest = hashlib.sha256()
-    for name in WORLD_CODE:
-        digest.update((Path(__file__).parent / name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def world_key(seed: int, quick: bool = False) -> str:
     """Names the data and models a build of (`seed`, mode) makes with this code; it changes with the code
     that decides them, so results measured on an older world are never mistaken for this one's."""
-    return _key(seed, "quick" if quick else "full", _code_hash())
+    return stage_key(seed, "quick" if quick else "full", code_hash(Path(__file__).parent, WORLD_CODE))
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
+def one_thread():
     """Models this small run faster on one thread (more only adds synchronisation, and on a busy 2-core
     machine oversubscription made steps 15-30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return threads(1)
 
 
 @contextmanager
 def toy_home(home: str | Path | None) -> Iterator[Path]:
-    """Points `$ADPA_HOME` at `home` for the build (so `toy:` names resolve there)."""
-    old = os.environ.get("ADPA_HOME")
-    if home is not None:
-        os.environ["ADPA_HOME"] = str(Path(home).expanduser())
-    try:
+    """Points `$ADPA_HOME` at `home` for the build (so `toy:` names resolve there); yields the toy folder."""
+    with home_env(home):
         yield toy_dir()
-    finally:
-        if home is not None:
-            if old is None:
-                os.environ.pop("ADPA_HOME", None)
-            else:
-                os.environ["ADPA_HOME"] = old
-
-
-def _valid(entry: dict[str, Any] | None, key: str, folder: Path) -> bool:
-    weights = folder / "model.safetensors"
-    return (
-        bool(entry)
-        and entry.get("key") == key
-        and weights.exists()
-        and file_sha256(weights) == entry["sha256"]
-    )
 
 
 def _write_init(toy: Path, tokenizer: Any, seed: int) -> dict[str, int]:
@@ -156,22 +126,16 @@ def _stage_config(toy: Path, stage: str, params: dict[str, Any], seed: int) -> A
     )
 
 
-def _run_stage(toy: Path, stage: str, params: dict[str, Any], seed: int, progress: bool) -> float:
-    """Trains one stage with `train()` and publishes its final weights as `toy/<model>`."""
-    from ..train import run_training
-
-    cfg = _stage_config(toy, stage, params, seed)
-    shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a rebuilt stage starts from scratch
-    start = time.perf_counter()
-    run_training(cfg, progress=progress)
-    seconds = time.perf_counter() - start
-    target = toy / STAGES[stage][0]
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(cfg.run_dir / "final", tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return seconds
+def _stages(toy: Path, mode: str, data_key: str, seed: int) -> list[Stage]:
+    """The recipe's stages in order; teacher DPO's key includes teacher SFT's (it starts from it)."""
+    stages, upstream = [], {"teacher_sft": data_key, "student_sft": data_key}
+    for stage, params in BUILD_RECIPE[mode].items():
+        key = stage_key(upstream.get(stage, data_key), stage, params, seed)
+        config = lambda stage=stage, params=params: _stage_config(toy, stage, params, seed)
+        stages.append(Stage(stage, key, toy / STAGES[stage][0], config))
+        if stage == "teacher_sft":
+            upstream["teacher_dpo"] = key
+    return stages
 
 
 def build(
@@ -188,7 +152,7 @@ def build(
     with toy_home(home) as toy, one_thread():
         toy.mkdir(parents=True, exist_ok=True)
         manifest_path = toy / "manifest.json"
-        old = {} if force or not manifest_path.exists() else json.loads(manifest_path.read_text())
+        old = read_manifest(manifest_path, force)
         stages_old = old.get("stages", {}) if old.get("seed") == seed and old.get("mode") == mode else {}
         t0 = time.perf_counter()
         world = make_world(seed)
@@ -206,25 +170,10 @@ def build(
             "vocab_size": len(tokenizer),
             "parameters": sizes,
             "teacher_student_ratio": sizes["teacher"] / sizes["student"],
-            "versions": {
-                "adpa": __version__,
-                "torch": torch.__version__,
-                "transformers": __import__("transformers").__version__,
-            },
+            "versions": versions(),
             "recipe": BUILD_RECIPE[mode],
-            "stages": {},
         }
-        upstream = {"teacher_sft": data_key, "student_sft": data_key}
-        for stage, params in BUILD_RECIPE[mode].items():
-            target = toy / STAGES[stage][0]
-            key = _key(upstream.get(stage, data_key), stage, params, seed)
-            entry = stages_old.get(stage)
-            if not _valid(entry, key, target):
-                entry = {"key": key, "seconds": _run_stage(toy, stage, params, seed, progress)}
-                entry["sha256"] = file_sha256(target / "model.safetensors")
-            manifest["stages"][stage] = entry
-            if stage == "teacher_sft":
-                upstream["teacher_dpo"] = key
+        manifest["stages"], _ = run_stages(_stages(toy, mode, data_key, seed), stages_old, progress)
         manifest["build_seconds"] = time.perf_counter() - t0
         manifest["evaluation"] = old.get("evaluation") if stages_old == manifest["stages"] else None
         if manifest["evaluation"] is None:
@@ -240,16 +189,11 @@ def ensure_world(
     kept as it is (its own seed and mode), so a notebook or the workbench never downgrades a full build."""
     with toy_home(home) as toy:
         manifest_path = toy / "manifest.json"
-        if manifest_path.exists():
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            stages = manifest.get("stages", {})
-            if manifest.get("evaluation") and all(
-                _valid(stages.get(stage), stages.get(stage, {}).get("key", ""), toy / target)
-                for stage, (target, *_rest) in STAGES.items()
-            ):
-                return manifest
-            seed, quick = (
-                manifest.get("seed", seed),
-                manifest.get("mode", "quick" if quick else "full") == "quick",
-            )
+        weights = {stage: toy / target / "model.safetensors" for stage, (target, *_r) in STAGES.items()}
+        manifest = complete_manifest(manifest_path, weights)
+        if manifest is not None:
+            return manifest
+        old = read_manifest(manifest_path)
+        seed = old.get("seed", seed)
+        quick = old.get("mode", "quick" if quick else "full") == "quick"
     return build(home, seed=seed, quick=quick, progress=progress)

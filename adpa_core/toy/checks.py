@@ -11,13 +11,14 @@ from ..data import load_prompts
 from ..data.sources import read_rows
 from ..generate import generate
 from ..models import TeacherPair, load_inference_model
+from ..worlds import health
 from .reward import summarize
 from .world import ToyWorld
 
 MODELS = ("teacher_ref", "teacher", "student")
 CONTRAST_FLAWS = {"wrong": ("wrong_fact", "wrong_answer"), "rude": ("rude",), "ramble": ("ramble",)}
 # Health gates (DESIGN.md 4a): the teacher must know the easy facts, and DPO must rank pairs correctly.
-GATES = {"teacher_fact_easy": 0.9, "advantage_rank_rate": 0.9}
+GATES = {"teacher_fact_easy": (">=", 0.9), "advantage_rank_rate": (">=", 0.9)}
 
 
 def model_summary(path: Path, world: ToyWorld, split: str = "test", progress: bool = False) -> dict[str, Any]:
@@ -82,8 +83,5 @@ def evaluate_world(toy: Path, world: ToyWorld, progress: bool = False) -> dict[s
         "teacher_fact_easy": out["teacher"]["correct"].get("fact_easy", 0.0),
         "advantage_rank_rate": out["advantages"]["rank_rate"],
     }
-    out["health"] = {
-        name: {"value": measured[name], "min": low, "ok": measured[name] >= low}
-        for name, low in GATES.items()
-    }
+    out["health"] = health(measured, GATES)
     return out

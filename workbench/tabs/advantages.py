@@ -43,7 +43,7 @@ def advantages_tab(h: Handlers) -> SimpleNamespace:
                     elem_id="adv-prompt",
                 )
                 with gr.Row():
-                    dataset = gr.Textbox(TOY_PROMPTS, label="Dataset (toy:, hub id or file)", scale=2)
+                    dataset = gr.Textbox(TOY_PROMPTS, label="Dataset (toy:, real:, hub id or file)", scale=2)
                     split = gr.Dropdown(
                         ["test", "validation", "train"],
                         value="test",
@@ -58,7 +58,9 @@ def advantages_tab(h: Handlers) -> SimpleNamespace:
                     max_new = named_range(gr.Slider(8, 256, value=48, step=8, label="max new tokens"))
                     generate = gr.Button("Generate a response")
             with gr.Column(scale=2):
-                teacher = gr.Textbox(TOY["teacher"], label="DPO teacher (toy: name, run, hub id or path)")
+                teacher = gr.Textbox(
+                    TOY["teacher"], label="DPO teacher (toy:/real: name, run, hub id or path)"
+                )
                 teacher_ref = gr.Textbox(TOY["teacher_ref"], label="Reference teacher (empty: none)")
                 student = gr.Textbox(TOY["student"], label="Student (empty: none)", elem_id="adv-student")
                 with gr.Row():
@@ -84,7 +86,7 @@ def advantages_tab(h: Handlers) -> SimpleNamespace:
         summary = gr.Markdown(elem_id="adv-summary")
         heatmap = gr.HTML(elem_id="adv-heatmap-box", js_on_load=HEATMAP_JS)
         with gr.Row():
-            reward = gr.Textbox("toy", label="Reward: toy, or a reward model", scale=2)
+            reward = gr.Textbox("toy", label="Reward: toy, real (the judge), or a reward model", scale=2)
             with gr.Column(scale=3):
                 score = gr.Button(
                     "Score this response (the true reward, next to the implicit one)", size="md"
@@ -159,8 +161,8 @@ def advantages_tab(h: Handlers) -> SimpleNamespace:
     def pick_token(evt: gr.EventData) -> int:
         return int(evt.pos)
 
-    def scored(p: str, r: str, spec: str) -> str:
-        score = h.score_response(p, r, spec)
+    def scored(p: str, r: str, spec: str, t: str | None = None) -> str:
+        score = h.score_response(p, r, spec, model=t)
         return run_views.score_markdown({"done": True, "stopped": True, "score": score})
 
     def shown(*args: Any) -> tuple:
@@ -217,13 +219,19 @@ def advantages_tab(h: Handlers) -> SimpleNamespace:
     )
     table.select(pick, None, position, api_visibility="private")
     heatmap.click(pick_token, None, position, api_visibility="private")
-    after_error(score.click(guard(scored), [prompt, response, reward], score_out, api_name="score_response"),
-                [score_out], lambda: "")  # fmt: skip
+    scoring = score.click(
+        guard(scored), [prompt, response, reward, teacher], score_out, api_name="score_response"
+    )
+    after_error(scoring, [score_out], lambda: "")
     return SimpleNamespace(
         prompt=prompt,
         response=response,
         student=student,
         teacher=teacher,
+        teacher_ref=teacher_ref,
+        dataset=dataset,
+        reward=reward,
+        scale=scale,
         compute_fn=compute_fn,
         inputs=inputs,
         outputs=outputs,

@@ -18,6 +18,7 @@ from .. import run_views, views
 from ..handlers import TOY, Handlers
 from ..locations import WorkbenchError
 from ..run_form import LABELS, method_defaults, used
+from ..worlds import model_world
 from . import after_error, guard, named_range
 
 METHOD_LABELS = {
@@ -123,9 +124,10 @@ def align_tab(h: Handlers) -> SimpleNamespace:
         named_range(box)
     shown = dict(zip(SHOWN, (alpha, gamma, beta, dckd_run, student, teacher, teacher_ref), strict=True))
 
-    def choose(m: str):
-        """A method's defaults, its fields shown (the others hidden), a fresh name, the newest DCKD run."""
-        dm = method_defaults(m)
+    def choose(m: str, student_: str | None = None):
+        """A method's defaults (in the student's world), its fields shown (the others hidden), a fresh
+        name, the newest DCKD run."""
+        dm = method_defaults(m, model_world(student_ or "") or "toy")
         dckd = h.run_names("dckd", finished=True)
         visible = {key: gr.update(visible=used(key, m)) for key in SHOWN}
         visible["dckd_run"] = gr.update(
@@ -192,7 +194,11 @@ def align_tab(h: Handlers) -> SimpleNamespace:
     settings = [method, name, steps, lr, lora, alpha, gamma, beta, dckd_run, student, teacher, teacher_ref]
     settings += [data, max_examples]
     method.change(
-        choose, method, [name, steps, lr, *shown.values()], api_visibility="private", show_progress="hidden"
+        choose,
+        [method, student],
+        [name, steps, lr, *shown.values()],
+        api_visibility="private",
+        show_progress="hidden",
     )
     listed = lambda: run_views.runs_table(h.list_runs())  # noqa: E731
     started = start.click(guard(begin), settings, [message, watch, runs, name], api_name="start_run")
@@ -204,4 +210,17 @@ def align_tab(h: Handlers) -> SimpleNamespace:
     timer.tick(guard(tick), [watch, seen], status_out, api_visibility="private", show_progress="hidden")
     runs.select(show_clicked, None, watch, api_visibility="private")
     tab.select(renamed, [name, method], name, api_visibility="private", show_progress="hidden")
-    return SimpleNamespace(watch=watch, runs=runs, dckd_run=dckd_run, name=name, method=method)
+    return SimpleNamespace(
+        watch=watch,
+        runs=runs,
+        dckd_run=dckd_run,
+        name=name,
+        method=method,
+        steps=steps,
+        lr=lr,
+        lora=lora,
+        student=student,
+        teacher=teacher,
+        teacher_ref=teacher_ref,
+        data=data,
+    )

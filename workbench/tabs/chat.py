@@ -40,7 +40,12 @@ def chat_tab(h: Handlers, adv: SimpleNamespace, tabs: gr.Tabs) -> SimpleNamespac
                 [], label="Aligned run (finished)", elem_id="chat-run", scale=2, allow_custom_value=True
             )
             teacher_too = gr.Checkbox(True, label="Also ask the teacher", scale=1)
-            reward = gr.Textbox("toy", label="Reward: toy, or a reward model", scale=2, elem_id="chat-reward")
+            reward = gr.Textbox(
+                "toy",
+                label="Reward: toy, real (the judge), or a reward model",
+                scale=2,
+                elem_id="chat-reward",
+            )
             max_new = named_range(gr.Slider(8, 256, value=48, step=8, label="max new tokens", scale=2))
         compare = gr.Button("Compare", variant="primary", elem_id="chat-compare")
         note = gr.Markdown(elem_id="chat-note")  # one message for what all panels share (the reward)
@@ -55,7 +60,8 @@ def chat_tab(h: Handlers, adv: SimpleNamespace, tabs: gr.Tabs) -> SimpleNamespac
             yield head, part["text"], run_views.score_markdown(part), student
 
     def ask_before(p: str, r: str | None, n: float, spec: str):
-        yield from talk(h.before_model(r), "Student before alignment", h.before_model(r), p, n, spec)
+        student = h.before_model(r, spec)
+        yield from talk(student, "Student before alignment", student, p, n, spec)
 
     def ask_after(p: str, r: str | None, n: float, spec: str):
         if not r:
@@ -70,7 +76,7 @@ def chat_tab(h: Handlers, adv: SimpleNamespace, tabs: gr.Tabs) -> SimpleNamespac
 
     def ask_teacher(p: str, t: str, on: bool, n: float, spec: str, r: str | None):
         if on:
-            yield from talk(t, "Teacher", h.before_model(r), p, n, spec)
+            yield from talk(t, "Teacher", h.before_model(r, spec), p, n, spec)
 
     def reward_note(spec: str) -> str:
         why = h.check_reward(spec)
@@ -91,7 +97,10 @@ def chat_tab(h: Handlers, adv: SimpleNamespace, tabs: gr.Tabs) -> SimpleNamespac
             # after an error the panel shows no reply of an earlier prompt (its heading stays)
             after_error(asked, outputs(panel), lambda: (gr.update(), "", "", gr.update()))
     sample.click(
-        guard(lambda: h.sample_prompt(TOY_PROMPTS, "test")["prompt"]), None, prompt, api_visibility="private"
+        guard(lambda d: h.sample_prompt(d or TOY_PROMPTS, "test")["prompt"]),
+        adv.dataset,
+        prompt,
+        api_visibility="private",
     )
     teacher_too.change(
         lambda on: gr.update(visible=on), teacher_too, teacher.column, api_visibility="private"
@@ -104,4 +113,4 @@ def chat_tab(h: Handlers, adv: SimpleNamespace, tabs: gr.Tabs) -> SimpleNamespac
             [adv.prompt, adv.response, adv.student, tabs],
             api_visibility="private",
         ).then(adv.compute_fn, adv.inputs, adv.outputs, api_visibility="private")
-    return SimpleNamespace(run=run, prompt=prompt)
+    return SimpleNamespace(run=run, prompt=prompt, reward=reward)
