@@ -12,11 +12,13 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP) browser-deps
 
-# Re-installs only when the pinned requirements or the package metadata change.
-$(STAMP): requirements.txt pyproject.toml
+# Re-installs only when the pinned requirements or the package metadata change. requirements-bench.txt (trl,
+# for the TRL peer comparison that `make test` runs) is resolved together with the pins, so it can change none
+# of them; it is not a dependency of adpa_core (pyproject.toml).
+$(STAMP): requirements.txt requirements-bench.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-bench.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 
@@ -45,15 +47,9 @@ lint: setup
 strip: setup
 	$(BIN)/python scripts/strip_notebooks.py
 
-# Benchmark-only packages (trl, for the peer comparison) go into the venv once; they change no pinned package.
-BENCH_STAMP := $(VENV)/.bench-stamp
-BENCH_ARGS ?=
-$(BENCH_STAMP): requirements-bench.txt $(STAMP)
-	@if $(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt; then touch $@; \
-	else echo "note: requirements-bench.txt could not be installed: the TRL peer case will say so"; fi
-
 # Every benchmark, tables printed, JSON in benchmarks/out/ (e.g. BENCH_ARGS="--quick" or "--threads 1").
-bench: setup $(BENCH_STAMP)
+BENCH_ARGS ?=
+bench: setup
 	$(OFFLINE) $(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 # The reliability suite at full length: 10 clients on the advantage API for 60 s (figures printed and in
