@@ -18,10 +18,10 @@ import torch
 from adpa_core.config import ObjectiveConfig
 from adpa_core.generate import generate, read_generations_jsonl
 from adpa_core.models import load_models
-from adpa_core.terms import term_per_token
 from adpa_core.prepare import load_rows
 from adpa_core.run_models import load_run_model
 from adpa_core.teacher import TeacherTargets, build_teacher_cache
+from adpa_core.terms import term_per_token
 from adpa_core.train import run_training, train
 from tests import reference as R
 from tests.trainkit import build_world, group_logits, make_cfg, step_rows, yhat_rows
