@@ -40,6 +40,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         [
             "tests/test_wiring_steps.py",
             "tests/test_wiring_teacher.py",
+            "tests/test_released_code.py",
             "tests/test_train.py::test_first_step_loss_equals_hand_computed",
         ],
     ),

@@ -202,3 +202,52 @@ def test_training_two_by_four_equals_eight_by_one_with_uneven_micro_batches(worl
     weights = {n: load_file(str(c.run_dir / "final" / "model.safetensors")) for n, c in runs.items()}
     for name, w in weights["big"].items():
         torch.testing.assert_close(weights["small"][name], w, rtol=1e-4, atol=1e-5)  # Adam: noise of 1e-7
+
+
+# ---------------------------------------------------------------- normalisers and refusals, by hand
+
+
+def test_counts_and_row_weights_by_hand():
+    """Chosen rows count 2 and 0 tokens, rejected rows 3 and 1: token counts, sequences with a counted
+    token, pairs, and (released code) one per micro-batch with a counted token."""
+    from adpa_core.config import ObjectiveConfig
+    from adpa_core.objectives import row_weights
+
+    ig = R.IGNORE_INDEX
+    chosen = [[5, ig, 7], [ig, ig, ig]]
+    batch = {"labels": torch.tensor([*chosen, [1, 2, 3], [4, ig, ig]])}
+    groups = ("chosen", "rejected")
+    dckd = {"method": "dckd"}
+    assert counts(batch, groups, ObjectiveConfig(**dckd, reduction="token")) == {
+        "nll": 2.0,
+        "kl_chosen": 2.0,
+        "kl_rejected": 4.0,
+    }
+    assert counts(batch, groups, ObjectiveConfig(**dckd)) == {
+        "nll": 1.0,
+        "kl_chosen": 1.0,
+        "kl_rejected": 2.0,
+    }
+    assert counts(batch, groups, ObjectiveConfig(method="dpo", w_sft=0.5)) == {"dpo": 2.0, "nll": 1.0}
+    released = ObjectiveConfig(**dckd, released_code={"micro_batch_mean": True})
+    assert counts(batch, groups, released) == {"nll": 1.0, "kl_chosen": 1.0, "kl_rejected": 1.0}
+    labels = torch.tensor(chosen)
+    assert row_weights(labels, "token").tolist() == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    assert row_weights(labels, "sequence").tolist() == [[0.5, 0.0, 0.5], [0.0, 0.0, 0.0]]
+    assert row_weights(torch.tensor([[5, 6], [ig, 7]]), "micro_batch").tolist() == [
+        [1 / 3, 1 / 3],
+        [0.0, 1 / 3],
+    ]
+
+
+def test_a_step_without_its_teacher_or_reference_is_refused(world, tmp_path):
+    cfg = make_cfg(world, tmp_path, "dckd")
+    tokenizer, student, _ = load_models(cfg.model, device="cpu", teachers=False)
+    batch = collate(load_rows(cfg, tokenizer)[:2], ("chosen", "rejected"), tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match=r"^objective.method=dckd needs a teacher but none is loaded$"):
+        loss_step(StepContext(student, cfg.objective, len(tokenizer)), batch)
+    dpo = make_cfg(world, tmp_path, "dpo").objective
+    with pytest.raises(
+        ValueError, match=r"^objective.method=dpo needs the frozen initial student as reference$"
+    ):
+        loss_step(StepContext(student, dpo, len(tokenizer)), batch)
