@@ -240,13 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render:
         names = [n for n in args.only.split(",") if n] or list(MODULES)
         for name in names:
-            data["modules"][name] = run_module(name, args.jobs)
-        data["modules"] = {n: data["modules"][n] for n in MODULES if n in data["modules"]}
-        data.update(
-            mutmut=version("mutmut"),
-            machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), {args.jobs} mutants at once",
-        )
-        OUT_JSON.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+            result = run_module(name, args.jobs)
+            data = json.loads(OUT_JSON.read_text(encoding="utf-8")) if OUT_JSON.exists() else {"modules": {}}
+            data["modules"][name] = result  # saved module by module: an interrupted pass keeps what it did
+            data["modules"] = {n: data["modules"][n] for n in MODULES if n in data["modules"]}
+            data.update(
+                mutmut=version("mutmut"),
+                machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), {args.jobs} mutants at once",
+            )
+            OUT_JSON.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     OUT_MD.write_text(render(data), encoding="utf-8")
     print(f"wrote {OUT_MD.relative_to(ROOT)}")
     return 0
