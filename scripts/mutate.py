@@ -62,7 +62,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/test_train.py::test_stale_cache_is_refused",
         ],
     ),
-    "chunked": ("adpa_core/chunked.py", ["tests/test_chunked.py", "tests/test_output_transforms.py"]),
+    "chunked": (
+        "adpa_core/chunked.py",
+        ["tests/test_chunked_units.py", "tests/test_chunked.py", "tests/test_output_transforms.py"],
+    ),
     "rows": ("adpa_core/data/rows.py", ["tests/test_data.py", "tests/test_data_messages.py"]),
 }
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
