@@ -56,6 +56,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "adpa_core/teacher.py",
         [
             "tests/test_teacher_cache.py",
+            "tests/test_teacher_cache_refusals.py",
+            "tests/test_run_inputs.py",
             "tests/test_released_cache.py",
             "tests/test_wiring_teacher.py",
             "tests/test_train.py::test_cached_teacher_with_k_equal_v_matches_online",
