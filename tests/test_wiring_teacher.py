@@ -244,3 +244,19 @@ def test_adpa_plus_starts_from_the_dckd_run_and_its_replies(world, tmp_path):
     expected = _expected_adpa(plus, trained, topk9)
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert abs(_expected_adpa(plus, start, topk9) - expected) > 1e-3  # the initial student: another loss
+
+
+def test_cached_adpa_without_what_it_needs_is_refused():
+    """A cache without the reference teacher's log-probs (exact and released-code forms), and released-code
+    reference imputation without the reference's own top-k ids."""
+    t = _hand_targets()
+    t.ref_topk_logps = None
+    message = r"^the teacher cache holds no reference teacher log-probs; ADPA needs them$"
+    with pytest.raises(ValueError, match=message):
+        _hand_term("adpa", t, support="full", k=2)
+    with pytest.raises(ValueError, match=message):
+        _hand_term("adpa", t, support="topk", k=2, released_code={"prob_floors": True})
+    with pytest.raises(
+        ValueError, match=r"^released_code.reference_imputation needs the reference teacher's own"
+    ):
+        _hand_term("adpa", _hand_targets(), support="topk", k=2, released_code={"reference_imputation": True})
