@@ -163,3 +163,44 @@ def test_final_hidden_uses_the_batch_position_ids():
         default = final_hidden(model, {"input_ids": ids})
     torch.testing.assert_close(got, want)
     assert not torch.allclose(got, default)
+
+
+class _Shifted(LlamaForCausalLM):
+    """A Llama whose logits carry a constant offset `shift`: a small unknown transform."""
+
+    shift = 0.0
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits + self.shift
+        return out
+
+
+def _shifted(scale: float, shift: float, dtype: torch.dtype = torch.float32) -> _Shifted:
+    plain = make_llama(make_tokenizer())
+    with torch.no_grad():
+        plain.lm_head.weight.mul_(scale)  # tied with the input embeddings: scales the logits
+    model = _Shifted(plain.config)
+    model.load_state_dict(plain.state_dict())
+    model.shift = shift
+    return model.to(dtype)
+
+
+def _largest_logit(model) -> float:
+    with torch.no_grad():
+        return float(model(input_ids=torch.arange(8)[None]).logits.abs().max())
+
+
+def test_chunking_check_tolerance():
+    """A probe may differ from the projection by max(1e-3, 4 eps(dtype)) x max(1, largest |logit|)."""
+    small = _largest_logit(_shifted(0.01, 0.0))
+    assert small < 0.5  # the tolerance is 1e-3 (float32)
+    assert chunking_problem(_shifted(0.01, 0.5e-3)) is None
+    assert chunking_problem(_shifted(0.01, 1.5e-3)) is not None
+    large = _largest_logit(_shifted(30.0, 0.0))
+    assert large > 10.0  # the tolerance grows with the logits: 1e-3 x largest
+    assert chunking_problem(_shifted(30.0, 0.5e-3 * large)) is None
+    assert chunking_problem(_shifted(30.0, 2e-3 * large)) is not None
+    # float16: 4 eps = 2 ** -8 = 0.0039 (above 1e-3)
+    assert chunking_problem(_shifted(0.01, 0.003, torch.float16)) is None
+    assert chunking_problem(_shifted(0.01, 0.0044, torch.float16)) is not None
