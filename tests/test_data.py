@@ -406,6 +406,12 @@ BAD = {
         ["row 1 (line 2)", "id 'x'", "duplicate id", "row 0"],
     ),
     "id of a wrong type": ("bad.jsonl", jsonl({**GOOD0, "id": [1]}), ["'id'", "non-empty string"]),
+    "boolean id": ("bad.jsonl", jsonl({**GOOD0, "id": True}), ["'id'", "non-empty string", "got True"]),
+    "empty assistant turn inside the prompt": (
+        "bad.jsonl",
+        jsonl({**GOOD0, "prompt": [user("hello"), assistant(" "), user("world")]}),
+        ["'prompt[1]'", "empty assistant message"],
+    ),
     "row is a string": ("bad.jsonl", jsonl('"just text"'), ["row 1 (line 2)", "must be an object", "str"]),
     "invalid utf-8": (
         "bad.jsonl",

@@ -38,7 +38,8 @@ class Case:
 
 
 def make_case(shape: tuple[int, int, int], seed: int = 0, k: int = 4, scale: float = 2.0) -> Case:
-    """Random logits; ~30% of labels -100, the last sequence (when B > 1) with no counted token."""
+    """Random logits; ~30% of labels -100, the first sequence with one counted token (so that the sequence
+    and token reductions differ), the last sequence (when B > 1) with no counted token."""
     g = torch.Generator().manual_seed(seed)
     n_b, n_t, n_v = shape
     k = min(k, n_v)
@@ -50,6 +51,9 @@ def make_case(shape: tuple[int, int, int], seed: int = 0, k: int = 4, scale: flo
     labels = torch.randint(0, n_v, (n_b, n_t), generator=g)
     labels[torch.rand(n_b, n_t, generator=g) < 0.3] = IGNORE_INDEX
     labels[0, 0] = 1
+    labels[0, 1:] = IGNORE_INDEX  # one counted token: the reductions differ as soon as another row counts two
+    if n_b > 2 and n_t > 1:
+        labels[1, :2] = torch.tensor([2, 3]) % n_v
     if n_b > 1:
         labels[-1] = IGNORE_INDEX
     ref = teacher + randn(*shape)

@@ -1,4 +1,5 @@
-"""The training loop: every objective trains, the math is wired exactly, resume, accumulation, caches."""
+"""The training loop: every objective trains, the math is wired exactly, resume, caches (accumulation and
+the non-default paths: test_wiring_steps.py, test_wiring_teacher.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,12 @@ import torch
 
 from adpa_core import losses as L
 from adpa_core.config import METHODS
-from adpa_core.data import collate
-from adpa_core.generate import read_generations_jsonl
 from adpa_core.models import load_models
 from adpa_core.prepare import load_rows
 from adpa_core.runs import RunDir
 from adpa_core.teacher import StaleCacheError, build_teacher_cache
-from adpa_core.train import micro_batch_rows, run_training, train
-from tests.trainkit import build_world, make_cfg
+from adpa_core.train import run_training, train
+from tests.trainkit import build_world, group_logits, make_cfg, step_rows, yhat_rows
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +54,6 @@ def test_every_objective_trains_and_its_loss_falls(world, tmp_path, method):
     assert (cfg.run_dir / "final" / "config.json").exists()
 
 
-def _first_batch(cfg, tokenizer, rows):
-    idx = micro_batch_rows(len(rows), cfg.train.seed, 0, cfg.train.batch_size, 1, 0)
-    return [rows[i] for i in idx]
-
-
 @pytest.mark.parametrize("method", ["sft", "dckd", "adpa", "dpo"])
 def test_first_step_loss_equals_hand_computed(world, tmp_path, method):
     """The loop feeds the right responses to the right teacher with the right weights."""
@@ -82,13 +76,11 @@ def test_first_step_loss_equals_hand_computed(world, tmp_path, method):
     torch.manual_seed(cfg.train.seed)
     tokenizer, student, pair = load_models(cfg.model, device="cpu")
     rows = load_rows(cfg, tokenizer)
-    batch_rows = _first_batch(cfg, tokenizer, rows)
+    batch_rows = step_rows(cfg, rows)
     pad = tokenizer.pad_token_id
 
     def fwd(model, group, rows_=batch_rows):
-        b = collate(rows_, (group,), pad)
-        with torch.no_grad():
-            return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]
+        return group_logits(model, rows_, group, pad)
 
     s_c, lab_c = fwd(student, "chosen")
     expected = L.nll_loss(s_c, lab_c)
@@ -97,15 +89,7 @@ def test_first_step_loss_equals_hand_computed(world, tmp_path, method):
         expected = expected + 0.3 * L.forward_kl_loss(s_c, fwd(pair.dpo, "chosen")[0], lab_c)
         expected = expected + 0.2 * L.forward_kl_loss(s_r, fwd(pair.dpo, "rejected")[0], lab_r)
     if method == "adpa":
-        yhat = read_generations_jsonl(cfg.run_dir / "generations" / "yhat.jsonl")
-        ids = [r["id"] for r in batch_rows]
-        with_yhat = []
-        for r in batch_rows:
-            gen = yhat[r["id"]]["token_ids"]
-            full = r["prompt_input_ids"] + gen
-            labels = [-100] * (len(r["prompt_input_ids"]) - 1) + gen + [-100]
-            with_yhat.append({"id": r["id"], "yhat_input_ids": full, "yhat_labels": labels})
-        assert [r["id"] for r in with_yhat] == ids
+        with_yhat = yhat_rows(cfg.run_dir, batch_rows)
         s_y, lab_y = fwd(student, "yhat", with_yhat)
         adv = L.token_advantages(
             fwd(pair.dpo, "yhat", with_yhat)[0], fwd(pair.ref, "yhat", with_yhat)[0], beta=2.0, topk=9
@@ -135,32 +119,6 @@ def test_resume_after_interruption_matches_uninterrupted(world, tmp_path):
     a, b = _losses(full.run_dir), _losses(part.run_dir)
     assert len(b) == 6
     assert a == pytest.approx(b, rel=0, abs=1e-6)
-
-
-def test_gradient_accumulation_equals_one_big_batch(world, tmp_path):
-    big = make_cfg(
-        world,
-        tmp_path / "big",
-        "dckd",
-        train={"batch_size": 8, "grad_accum": 1, "max_steps": 3},
-        objective={"method": "dckd", "reduction": "token"},
-    )
-    small = make_cfg(
-        world,
-        tmp_path / "small",
-        "dckd",
-        train={"batch_size": 2, "grad_accum": 4, "max_steps": 3},
-        objective={"method": "dckd", "reduction": "token"},
-    )
-    run_training(big, progress=False)
-    run_training(small, progress=False)
-    assert _losses(big.run_dir) == pytest.approx(_losses(small.run_dir), rel=1e-5)
-    w_big = torch.load(RunDir(big.run_dir).checkpoint_dirs()[-1] / "optimizer.pt", weights_only=True)
-    w_small = torch.load(RunDir(small.run_dir).checkpoint_dirs()[-1] / "optimizer.pt", weights_only=True)
-    for k in w_big["state"]:
-        torch.testing.assert_close(
-            w_big["state"][k]["exp_avg"], w_small["state"][k]["exp_avg"], rtol=1e-4, atol=1e-7
-        )
 
 
 @pytest.mark.parametrize("method", ["dckd", "adpa"])

@@ -10,6 +10,9 @@ from typing import Any
 import torch
 
 from adpa_core.config import config_from_dict
+from adpa_core.data import collate
+from adpa_core.generate import read_generations_jsonl
+from adpa_core.train import micro_batch_rows
 from tests.tiny import make_llama, make_tokenizer, save_model
 
 SUBJECTS = "cat dog city paris rome oslo".split()
@@ -69,3 +72,28 @@ def make_cfg(world: dict[str, str], out: Path, method: str, **sections: dict[str
         else:
             data[section] = values
     return config_from_dict(data)
+
+
+def step_rows(cfg: Any, rows: list[dict[str, Any]], step: int = 0) -> list[dict[str, Any]]:
+    """The rows of optimizer step `step` (one micro-batch, one process), as the training loop draws them."""
+    idx = micro_batch_rows(len(rows), cfg.train.seed, step, cfg.train.batch_size, 1, 0)
+    return [rows[i] for i in idx]
+
+
+def yhat_rows(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` with the y_hat replies a run generated (its generations/yhat.jsonl), packed like training
+    packs them: prompt + reply tokens, labels aligned (the next-token shift) and counting the reply only."""
+    yhat = read_generations_jsonl(Path(run_dir) / "generations" / "yhat.jsonl")
+    out = []
+    for r in rows:
+        gen = yhat[r["id"]]["token_ids"]
+        labels = [-100] * (len(r["prompt_input_ids"]) - 1) + gen + [-100]
+        out.append({"id": r["id"], "yhat_input_ids": r["prompt_input_ids"] + gen, "yhat_labels": labels})
+    return out
+
+
+@torch.no_grad()
+def group_logits(model: Any, rows: list[dict[str, Any]], group: str, pad_id: int) -> tuple[Any, Any]:
+    """(logits (B, T, V), labels (B, T)) of one group of rows, collated as the training loop does."""
+    b = collate(rows, (group,), pad_id)
+    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]

@@ -1,0 +1,263 @@
+"""`make mutate`: mutation testing of the core modules with mutmut (requirements-mutate.txt), one module at a
+time; writes docs/mutation.json and renders docs/MUTATION.md from it.
+
+Each module runs in its own folder .mutation/<name>/ (git-ignored): a copy of adpa_core/ and tests/ and a
+pyproject.toml whose [tool.mutmut] section names the module and the test files that exercise it. mutmut
+first runs those tests once to learn which test calls which function, then runs, for each mutant, only the
+tests that call the mutated function (stopping at the first failure). A mutant no test notices "survived";
+docs/mutation-equivalent.json explains the survivors that are equivalent to the original code (no test can
+tell them apart), each tied to its exact change so that a stale explanation shows.
+
+    python scripts/mutate.py [--only losses,rows] [--jobs 2] [--render]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".mutation"
+OUT_JSON = ROOT / "docs" / "mutation.json"
+OUT_MD = ROOT / "docs" / "MUTATION.md"
+NOTES = ROOT / "docs" / "mutation-equivalent.json"
+MUTMUT = Path(sys.executable).with_name("mutmut")
+
+# module -> (file, the test files (or test ids) that exercise it: the fastest relevant ones)
+MODULES: dict[str, tuple[str, list[str]]] = {
+    "losses": ("adpa_core/losses.py", ["tests/test_losses.py", "tests/test_losses_defaults.py"]),
+    "objectives": (
+        "adpa_core/objectives.py",
+        [
+            "tests/test_wiring_steps.py",
+            "tests/test_wiring_teacher.py",
+            "tests/test_released_code.py",
+            "tests/test_train.py::test_first_step_loss_equals_hand_computed",
+        ],
+    ),
+    "terms": (  # the per-token terms, split out of objectives.py
+        "adpa_core/terms.py",
+        [
+            "tests/test_wiring_teacher.py",
+            "tests/test_released_code.py",
+            "tests/test_train.py::test_first_step_loss_equals_hand_computed",
+        ],
+    ),
+    "teacher": (
+        "adpa_core/teacher.py",
+        [
+            "tests/test_teacher_cache.py",
+            "tests/test_teacher_cache_refusals.py",
+            "tests/test_run_inputs.py",
+            "tests/test_released_cache.py",
+            "tests/test_wiring_teacher.py",
+            "tests/test_train.py::test_cached_teacher_with_k_equal_v_matches_online",
+            "tests/test_train.py::test_stale_cache_is_refused",
+        ],
+    ),
+    "chunked": (
+        "adpa_core/chunked.py",
+        ["tests/test_chunked_units.py", "tests/test_chunked.py", "tests/test_output_transforms.py"],
+    ),
+    "rows": ("adpa_core/data/rows.py", ["tests/test_data.py", "tests/test_data_messages.py"]),
+}
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
+TIMEOUTS = {36, 24, -24, 152, 255}
+ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def _status(code: int | None) -> str:
+    if code in TIMEOUTS:
+        return "timeout"
+    return STATUS.get(code, "suspicious")
+
+
+def prepare(name: str, module: str, tests: list[str]) -> Path:
+    """A fresh copy of the package and the tests with this module's mutmut section."""
+    work = WORK / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("adpa_core", "tests"):
+        shutil.copytree(ROOT / folder, work / folder, ignore=skip)
+    section = {
+        "source_paths": ["adpa_core"],
+        "only_mutate": [module],
+        "pytest_add_cli_args_test_selection": tests,
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-W", "ignore", "-m", "not slow and not gpu"],
+    }
+    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in section.items())
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    (work / "pyproject.toml").write_text(f"{text}\n[tool.mutmut]\n{body}\n", encoding="utf-8")
+    return work
+
+
+def _diff(work: Path, mutant: str) -> str:
+    shown = subprocess.run(
+        [str(MUTMUT), "show", mutant], cwd=work, capture_output=True, text=True, env={**os.environ, **ENV}
+    ).stdout
+    lines = [ln for ln in shown.splitlines() if ln[:1] in "+-" and not ln.startswith(("---", "+++"))]
+    return "\n".join(lines)
+
+
+def run_module(name: str, jobs: int) -> dict:
+    module, tests = MODULES[name]
+    work = prepare(name, module, tests)
+    print(f"== {name}: {module} with {', '.join(tests)}", flush=True)
+    start = time.perf_counter()
+    cmd = ["nice", "-n", "10", str(MUTMUT), "run", "--max-children", str(jobs)]
+    with open(work / "mutmut.log", "w", encoding="utf-8") as log:
+        done = subprocess.run(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+    wall = time.perf_counter() - start
+    meta_path = work / "mutants" / f"{module}.meta"
+    if done.returncode != 0 or not meta_path.exists():
+        tail = (work / "mutmut.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise SystemExit(f"mutmut failed on {module} (exit {done.returncode}); log tail:\n{tail}")
+    codes = json.loads(meta_path.read_text(encoding="utf-8"))["exit_code_by_key"]
+    by_status: dict[str, list[str]] = {}
+    for mutant, code in sorted(codes.items(), key=lambda kv: _natural(kv[0])):
+        by_status.setdefault(_status(code), []).append(mutant)
+    left = {
+        s: [{"mutant": m, "change": _diff(work, m)} for m in ms]
+        for s, ms in by_status.items()
+        if s != "killed"
+    }
+    result = {
+        "module": module,
+        "tests": tests,
+        "mutants": len(codes),
+        "counts": {s: len(ms) for s, ms in by_status.items()},
+        "not_killed": left,
+        "wall_s": round(wall, 1),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
+    print(f"   {result['counts']} in {wall:.0f} s", flush=True)
+    return result
+
+
+def _natural(mutant: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", mutant))
+
+
+def _notes() -> dict[str, dict[str, str]]:
+    if not NOTES.exists():
+        return {}
+    return {n["mutant"]: n for n in json.loads(NOTES.read_text(encoding="utf-8"))}
+
+
+def scores(result: dict, notes: dict[str, dict[str, str]]) -> dict:
+    """Counts of one module: killed, equivalent (explained survivors whose change still matches), the rest."""
+    killed = result["counts"].get("killed", 0)
+    left = [m for ms in result["not_killed"].values() for m in ms]
+    equivalent = [m for m in left if m["mutant"] in notes and notes[m["mutant"]]["change"] == m["change"]]
+    total = result["mutants"]
+    return {
+        "killed": killed,
+        "equivalent": len(equivalent),
+        "not_killed": len(left) - len(equivalent),
+        "score": killed / max(total - len(equivalent), 1),
+        "raw": killed / max(total, 1),
+    }
+
+
+HEADER = """# Mutation testing
+
+<!-- Rendered by `python scripts/mutate.py --render` from docs/mutation.json (written by `make mutate`)
+and docs/mutation-equivalent.json (the explanations of equivalent survivors); do not edit by hand. -->
+
+A mutant is a copy of a module with one small change (an operator, a constant, a condition, a removed
+argument, a string). Tests that notice every change that matters kill every mutant except the equivalent ones
+(changes that no input can tell apart). `make mutate` runs [mutmut](https://mutmut.readthedocs.io) {mutmut}
+over each module with the test files listed below; for each mutant mutmut runs only the tests that call the
+mutated function. mutmut does not mutate decorated functions (e.g. `@torch.no_grad()`) nor code outside
+functions.
+
+Command: `make mutate` (one module: `make mutate MUTATE_ARGS='--only rows'`); {machine}.
+
+| module | mutants | killed | equivalent | not killed | score | killed / all | wall time |
+|---|---:|---:|---:|---:|---:|---:|---:|
+"""
+
+
+def render(data: dict) -> str:
+    notes = _notes()
+    out = [HEADER.format(mutmut=data["mutmut"], machine=data["machine"]).rstrip("\n")]
+    for r in data["modules"].values():
+        s = scores(r, notes)
+        cells = [
+            r["mutants"],
+            s["killed"],
+            s["equivalent"],
+            s["not_killed"],
+            f"{s['score']:.1%}",
+            f"{s['raw']:.1%}",
+        ]
+        out.append(f"| `{r['module']}` | " + " | ".join(map(str, cells)) + f" | {r['wall_s'] / 60:.1f} min |")
+    out += [
+        "",
+        "score = killed / (mutants - equivalent); not killed = survived, no test calls it, or timeout.",
+        "",
+    ]
+    for r in data["modules"].values():
+        tests = ", ".join(f"`{t}`" for t in r["tests"])
+        out += [f"## `{r['module']}`", "", f"Tests: {tests} (run {r['date_utc']} UTC).", ""]
+        for status, mutants in r["not_killed"].items():
+            for m in mutants:
+                note = notes.get(m["mutant"])
+                why = note["why"] if note and note["change"] == m["change"] else None
+                out += [
+                    f"- `{m['mutant']}` ({f'equivalent: {why}' if why else status.upper()})",
+                    "",
+                    "  ```diff",
+                ]
+                out += [f"  {line}" for line in m["change"].splitlines()] + ["  ```", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--only", default="", help="comma-separated module names (default: all): " + ", ".join(MODULES)
+    )
+    ap.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel")
+    ap.add_argument(
+        "--render", action="store_true", help="only render docs/MUTATION.md from docs/mutation.json"
+    )
+    args = ap.parse_args(argv)
+    data = json.loads(OUT_JSON.read_text(encoding="utf-8")) if OUT_JSON.exists() else {"modules": {}}
+    if not args.render:
+        names = [n for n in args.only.split(",") if n] or list(MODULES)
+        for name in names:
+            result = run_module(name, args.jobs)
+            data = json.loads(OUT_JSON.read_text(encoding="utf-8")) if OUT_JSON.exists() else {"modules": {}}
+            data["modules"][name] = result  # saved module by module: an interrupted pass keeps what it did
+            data["modules"] = {n: data["modules"][n] for n in MODULES if n in data["modules"]}
+            data.update(
+                mutmut=version("mutmut"),
+                machine=f"{os.cpu_count()} CPU cores ({platform.machine()}), {args.jobs} mutants at once",
+            )
+            OUT_JSON.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    OUT_MD.write_text(render(data), encoding="utf-8")
+    print(f"wrote {OUT_MD.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
