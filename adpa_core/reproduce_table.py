@@ -113,6 +113,32 @@ def markdown(table: dict[str, dict[str, list[float]]], seeds: list[int], command
     return "\n".join(lines) + "\n" + note
 
 
+def _settings(settings: dict[str, Any] | None) -> str:
+    if not settings:
+        return "—"
+    names = {"learning_rate": "lr", "gamma": "γ", "beta": "β"}
+    keys = sorted(settings, key=lambda k: (list(names).index(k) if k in names else len(names), k))
+    return ", ".join(f"{names.get(k, k)} {settings[k]}" for k in keys)
+
+
+def per_seed_markdown(per_seed: dict[Any, dict[str, Any]], order: list[str]) -> str:
+    """Held-out reward per seed for each row of `order`, and the settings validation chose per seed."""
+    seeds = list(per_seed)
+    head = (
+        "| method | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | settings chosen on validation, per seed |"
+    )
+    lines = [head, "|" + "---|" * (len(seeds) + 2)]
+    for name in order:
+        rows = [per_seed[s]["rows"].get(name) for s in seeds]
+        rewards = [f"{r['reward']:.3f}" if r else "—" for r in rows]
+        chosen = [(r or {}).get("chosen") or {} for r in rows]
+        settings = "; ".join(_settings(c.get("settings")) for c in chosen) if any(chosen) else "—"
+        lines.append(f"| {name} | " + " | ".join(rewards) + f" | {settings} |")
+    return "\n".join(lines)
+
+
 def figure(table: dict[str, dict[str, list[float]]]) -> Any:
     """A plotly figure of the table: reward and hard-subset correctness per method, with 95% intervals."""
     import plotly.graph_objects as go

@@ -64,6 +64,32 @@ table("workbench_figures", "benchmarks/recorded/workbench_figures.json")(
 )
 
 
+def _reproduce(part: str) -> Renderer:
+    """A section of `adpa reproduce`'s results (docs/reproduce/results.json), rows in the order of its
+    `ROWS` (JSON keeps them sorted by name)."""
+
+    def fn(data: dict[str, Any]) -> str:
+        from adpa_core import reproduce_table as rt
+        from adpa_core.reproduce import ROWS
+
+        per_seed = data["per_seed"]
+        known = [r.name for r in ROWS]
+        names = sorted(rt.row_names(per_seed), key=lambda n: known.index(n) if n in known else len(known))
+        if part == "switches":
+            diffs = rt.ablations(per_seed)
+            return rt.ablation_markdown({n: diffs[n] for n in names if n in diffs}).strip()
+        if part == "per_seed":
+            return rt.per_seed_markdown(per_seed, names)
+        table = rt.aggregate(per_seed)
+        return rt.markdown({n: table[n] for n in names}, data["seeds"], data["command"]).strip()
+
+    return fn
+
+
+for _part in ("table", "per_seed", "switches"):
+    table(f"reproduce_{_part}", "docs/reproduce/results.json")(_reproduce(_part))
+
+
 # ---------------------------------------------------------------- blocks
 
 

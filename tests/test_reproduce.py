@@ -10,7 +10,14 @@ import pytest
 
 from adpa_core.config import RELEASED_SWITCHES
 from adpa_core.reproduce import ROWS, reproduce
-from adpa_core.reproduce_table import ablation_markdown, ablations, aggregate, markdown, mean_ci
+from adpa_core.reproduce_table import (
+    ablation_markdown,
+    ablations,
+    aggregate,
+    markdown,
+    mean_ci,
+    per_seed_markdown,
+)
 
 
 def test_mean_ci_by_hand():
@@ -146,3 +153,20 @@ def test_seeds_run_in_parallel_and_skip_unhealthy_ones(tmp_path, jobs):
     per_seed, skipped = _run_seeds(3, tmp_path, Budget(), False, limit=6, jobs=jobs, worker=fake_seed)
     assert list(per_seed) == [0, 2, 3] and all(per_seed[s]["seed"] == s for s in per_seed)
     assert list(skipped) == [1]
+
+
+def test_per_seed_table_by_hand():
+    per_seed = {
+        "0": {"rows": {"A": {"reward": 1.5, "chosen": {"settings": {"gamma": 0.5, "learning_rate": 0.001}}}}},
+        "3": {
+            "rows": {"A": {"reward": 1.25, "chosen": {"settings": {"learning_rate": 0.003, "gamma": 1.5}}}}
+        },
+    }
+    per_seed["0"]["rows"]["start"] = {"reward": 1.0, "chosen": None}
+    text = per_seed_markdown(per_seed, ["start", "A"])
+    assert text.splitlines() == [
+        "| method | seed 0 | seed 3 | settings chosen on validation, per seed |",
+        "|---|---|---|---|",
+        "| start | 1.000 | — | — |",
+        "| A | 1.500 | 1.250 | lr 0.001, γ 0.5; lr 0.003, γ 1.5 |",
+    ]
