@@ -27,6 +27,12 @@ Renderer = Callable[[Any], str]
 TABLES: dict[str, tuple[str | tuple[str, ...], Renderer]] = {}
 
 
+def sources(name: str) -> tuple[str, ...]:
+    """The JSON files (relative to the repo) that table `name` is rendered from."""
+    source = TABLES[name][0]
+    return source if isinstance(source, tuple) else (source,)
+
+
 def _load(source: str) -> Any:
     return json.loads((ROOT / source).read_text(encoding="utf-8"))
 
