@@ -196,7 +196,8 @@ def sft_row(row: Any) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise _RowError("", _not_an_object(row))
     if row.get("messages") is not None:
-        prefix, response = _response(row["messages"], "messages")
+        # a conversation only: a string here is not a reply (that layout is prompt + completion)
+        prefix, response = _response(_messages(row["messages"], "messages"), "messages")
         if prefix is None:
             raise _RowError("messages", "needs at least one user message before the assistant reply")
         return {"prompt": _check_prompt(prefix, "messages"), "response": response}
