@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -16,10 +17,17 @@ for _k, _v in {
     os.environ.setdefault(_k, _v)
 
 # Tests never touch ~/.cache/adpa: one home per test session (set ADPA_TEST_HOME to reuse a built toy world).
-os.environ["ADPA_HOME"] = os.environ.get("ADPA_TEST_HOME") or tempfile.mkdtemp(prefix="adpa-test-home-")
+_OWN_HOME = None if os.environ.get("ADPA_TEST_HOME") else tempfile.mkdtemp(prefix="adpa-test-home-")
+os.environ["ADPA_HOME"] = os.environ.get("ADPA_TEST_HOME") or _OWN_HOME
 # Fetched real models are read-only and verified by hash: the tests share the user's model cache, so the
 # real model is fetched once per machine (offline, from PyPI) and reused by every later session.
 os.environ.setdefault("ADPA_MODELS", os.path.expanduser("~/.cache/adpa/models"))
+
+
+def pytest_unconfigure(config):
+    """The session's own home (worlds, caches, runs: hundreds of MB) goes with the session."""
+    if _OWN_HOME:
+        shutil.rmtree(_OWN_HOME, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
