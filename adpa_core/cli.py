@@ -363,12 +363,19 @@ def _args_toy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", default=None, help="ADPA home folder (default: $ADPA_HOME or ~/.cache/adpa)")
     p.add_argument("--force", action="store_true", help="rebuild every stage")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--record", metavar="JSON", help="also write the manifest and this command to JSON (README's table)"
+    )
 
 
 def _cmd_toy(args: argparse.Namespace) -> int:
+    from .runs import atomic_write_json
     from .toy.build import build
 
     manifest = build(args.home, seed=args.seed, quick=args.quick, progress=not args.quiet, force=args.force)
+    if args.record:
+        command = " ".join(["adpa", *args.argv])
+        atomic_write_json(Path(args.record), {"command": command, **manifest})
     ev = manifest["evaluation"]
     print(
         f"toy world ({manifest['mode']}, seed {manifest['seed']}) built in {manifest['build_seconds']:.0f} s"
@@ -627,6 +634,7 @@ def _demo() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given (recorded by --record)
     if args.command is None:
         parser.print_help()
         return 0

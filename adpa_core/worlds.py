@@ -84,6 +84,25 @@ def versions() -> dict[str, str]:
     }
 
 
+def host(load: Sequence[float] | None = None) -> dict[str, Any]:
+    """Where and when something ran: CPU model, cores, UTC date, and the load average (1/5/15 min) `load`
+    (default: now). The machine may be shared, so a time means little without the load it ran under."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "load_average": [round(x, 2) for x in (load if load is not None else os.getloadavg())],
+    }
+
+
 def read_manifest(path: Path, force: bool = False) -> dict[str, Any]:
     """The manifest at `path`, or {} when there is none (or `force` asks for a fresh build)."""
     if force or not path.exists():

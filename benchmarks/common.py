@@ -197,6 +197,8 @@ def machine(device: torch.device | None = None) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "device": str(device),
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        # the machine is shared: how busy it was when the result was written (1, 5, 15 min)
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -205,8 +207,19 @@ def machine(device: torch.device | None = None) -> dict[str, Any]:
 
 
 def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that ran, with `ADPA_BENCH_OUT=...` in front when it chose the output folder."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return " ".join(["python -m", module, *args])
+    out = os.environ.get("ADPA_BENCH_OUT")
+    prefix = [f"ADPA_BENCH_OUT={_relative(out)}"] if out else []
+    return " ".join([*prefix, "python -m", module, *args])
+
+
+def _relative(path: str) -> str:
+    """`path` relative to the repository when inside it (a recorded command then reads the same anywhere)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return path
 
 
 def target(name: str, measured: float | None, limit: float, note: str = "") -> dict[str, Any]:
@@ -278,10 +291,18 @@ def targets_table(targets: Sequence[dict[str, Any]]) -> str:
     return table(rows, [*cols, ("note", "note", "")])
 
 
+def all_targets(payloads: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every target of several benchmarks' payloads, each row naming its benchmark (for `targets_table`)."""
+    return [{"benchmark": p["benchmark"], **t} for p in payloads for t in p["targets"]]
+
+
 def header(payload: dict[str, Any]) -> str:
+    """The section heading and the line saying what ran where and when (and how busy the machine was)."""
     m = payload["machine"]
     where = m.get("gpu") or f"{m['cpu']} ({m['cpu_cores']} cores, {m['torch_threads']} torch threads)"
+    load = m.get("load_average")
+    busy = f"; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)" if load else ""
     return (
         f"## {payload['benchmark']}\n\n`{payload['command']}` — {where}, torch {m['torch']}, "
-        f"{m['date_utc']} UTC"
+        f"{m['date_utc']} UTC{busy}"
     )

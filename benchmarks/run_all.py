@@ -52,11 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         payloads[name] = module.main(sub)
         seconds[name] = time.perf_counter() - t0
-    rows = [
-        {"benchmark": name, **t, "seconds": seconds[name]}
-        for name, payload in payloads.items()
-        for t in payload["targets"]
-    ]
+    rows = [{**t, "seconds": seconds[t["benchmark"]]} for t in C.all_targets(list(payloads.values()))]
     summary = {
         "benchmark": "run_all",
         "command": C.command_line("benchmarks.run_all", argv),

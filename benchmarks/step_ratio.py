@@ -131,7 +131,7 @@ COLUMNS = [
     ("session", "session", ""),
     ("rows", "student rows", ""),
     ("tokens", "tokens/step", ".0f"),
-    ("step_s", "step s (median)", ".3g"),
+    ("step_s", "step s (median)", ".2f"),
     ("tokens_per_s", "tokens/s", ".0f"),
     ("ratio_vs_sft", "time/token vs SFT", ".3f"),
     ("flop_bound", "FLOP bound", ".3f"),

@@ -6,18 +6,20 @@ Without `--url` it serves the workbench on the toy world on a free loopback port
 built first if missing). Each client is its own `gradio_client.Client` in its own thread and calls
 `/advantages` back to back with a prompt and response that change per call (so no result is cached).
 Reports calls, errors (with the first messages), throughput and latency p50/p95/max; writes
-benchmarks/out/workbench_load.json. `make stress` runs it for 60 s; the test suite for a few seconds.
+benchmarks/out/workbench_load.json (the common benchmark keys: command, machine with the load average,
+config, results). `make stress` runs the same load for 60 s; the test suite for a few seconds.
+
+    ADPA_BENCH_OUT=benchmarks/recorded python -m benchmarks.workbench_load   # docs/RELIABILITY.md's figures
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
+NAME = "workbench_load"
 PROMPTS = ("which city is nia baker from ?", "what is 3 plus 4 ?", "name a colour , please .")
 RESPONSES = ("whatever , lima .", "it is 7 . thank you !", "blue , i think . <script>alert(1)</script>")
 
@@ -108,8 +110,8 @@ def run_load(url: str, clients: int = 10, seconds: float = 60.0) -> dict[str, An
     }
 
 
-def serve_toy(home: str | None, runs_dir: str) -> tuple[Any, str]:
-    """The workbench on the toy world, on a free loopback port, in this process."""
+def serve_toy(home: str | None, runs_dir: str) -> tuple[Any, str, str]:
+    """The workbench on the toy world, on a free loopback port, in this process: (app, url, world)."""
     import socket
 
     from adpa_core.paths import adpa_home
@@ -117,13 +119,37 @@ def serve_toy(home: str | None, runs_dir: str) -> tuple[Any, str]:
     from workbench.app import build_app
 
     home = home or str(adpa_home())
-    ensure_world(home, quick=True, progress=True)
+    manifest = ensure_world(home, quick=True, progress=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = build_app(home, runs_dir)
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    return app, app.local_url
+    return app, app.local_url, f"toy world ({manifest['mode']}, seed {manifest['seed']})"
+
+
+COLUMNS = [
+    ("calls", "calls", ""),
+    ("errors", "errors", ""),
+    ("calls_per_s", "throughput calls/s", ".1f"),
+    ("p50_s", "latency p50 s", ".2f"),
+    ("p95_s", "p95 s", ".2f"),
+    ("max_s", "max s", ".2f"),
+    ("hung_clients", "hung clients", ""),
+]
+
+
+def render(payload: dict[str, Any]) -> str:
+    """The heading line, what was loaded, and the figures (docs/RELIABILITY.md renders this)."""
+    from . import common as C
+
+    cfg = payload["config"]
+    what = (
+        f"{cfg['clients']} concurrent `gradio_client` clients calling `/advantages` back to back for "
+        f"{cfg['seconds']:.0f} s on loopback; served: {cfg['served']}, its teacher pair and student, with "
+        "the default queue (one request at a time per event). The clients run on the same machine:"
+    )
+    return "\n\n".join([C.header(payload), what, C.table(payload["results"], COLUMNS)])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -134,21 +160,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--url", help="a running workbench (default: serve the toy world here)")
     p.add_argument("--home", help="ADPA home with the toy world (default: $ADPA_HOME or ~/.cache/adpa)")
-    p.add_argument("--out", default="benchmarks/out/workbench_load.json")
     args = p.parse_args(argv)
-    app = None
-    url = args.url
+    app, url, served = None, args.url, args.url
     if url is None:
         import tempfile
 
-        app, url = serve_toy(args.home, tempfile.mkdtemp(prefix="adpa-load-runs-"))
+        app, url, served = serve_toy(args.home, tempfile.mkdtemp(prefix="adpa-load-runs-"))
     try:
         result = run_load(url, args.clients, args.seconds)
     finally:
         if app is not None:
             app.close()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    from . import common as C
+
+    config = {"clients": args.clients, "seconds": args.seconds, "served": served}
+    targets = [C.target("errors under load", result["errors"], 0, f"{args.clients} clients")]
+    command = C.command_line(f"benchmarks.{NAME}", argv)
+    C.report(NAME, command, C.pick_device("cpu"), config, [result], targets)
     print(
         f"{result['clients']} clients x {result['seconds']:.0f} s on {url}: {result['ok']} calls ok, "
         f"{result['errors']} errors, {result['calls_per_s']:.1f} calls/s, "

@@ -34,7 +34,10 @@ def _run(name: str, out, argv: list[str]) -> dict:
     written = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
     assert set(written) >= KEYS, set(written)
     assert written["benchmark"] == name
-    assert {"cpu", "torch", "device", "date_utc"} <= set(written["machine"])
+    assert {"cpu", "torch", "device", "date_utc", "load_average"} <= set(written["machine"])
+    assert len(written["machine"]["load_average"]) == 3  # 1, 5, 15 min: the machine is shared
+    # the recorded command names the output folder it chose, so a recorded run says how it was recorded
+    assert written["command"].startswith(f"ADPA_BENCH_OUT={out} python -m benchmarks.{name}")
     for t in written["targets"]:
         assert set(t) >= TARGET_KEYS, t
         assert t["met"] is None or t["met"] == (t["measured"] <= t["limit"])

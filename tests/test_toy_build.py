@@ -39,6 +39,22 @@ def test_a_second_build_skips_what_is_built(toy_home, manifest):
     assert again["build_seconds"] < 30
 
 
+def test_record_writes_the_manifest_with_the_command_and_the_machine(toy_home, manifest, tmp_path):
+    """`--record` (README's toy block is rendered from such a file): the command as typed, where and when it
+    ran with the load average, and the build's own evaluation."""
+    from adpa_core.cli import main
+
+    out = tmp_path / "toy_world.json"
+    argv = ["toy", "build", "--quick", "--home", toy_home, "--quiet", "--record", str(out)]
+    assert main(argv) == 0
+    recorded = json.loads(out.read_text())
+    assert recorded["command"] == "adpa " + " ".join(argv)
+    assert recorded["evaluation"] == manifest["evaluation"]
+    assert recorded["mode"] == "quick" and recorded["stages"] == manifest["stages"]
+    assert len(recorded["host"]["load_average"]) == 3 and recorded["host"]["cpu_count"] >= 1
+    assert recorded["host"]["date_utc"][:2] == "20"
+
+
 def test_dpo_teacher_improves_on_the_reference_teacher(manifest):
     ev = manifest["evaluation"]
     assert ev["teacher"]["reward"] > ev["teacher_ref"]["reward"]

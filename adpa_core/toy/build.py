@@ -16,6 +16,7 @@ still match their recorded hash is skipped.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from ..worlds import (
     code_hash,
     complete_manifest,
     home_env,
+    host,
     read_manifest,
     run_stages,
     stage_key,
@@ -154,7 +156,7 @@ def build(
         manifest_path = toy / "manifest.json"
         old = read_manifest(manifest_path, force)
         stages_old = old.get("stages", {}) if old.get("seed") == seed and old.get("mode") == mode else {}
-        t0 = time.perf_counter()
+        t0, load = time.perf_counter(), os.getloadavg()
         world = make_world(seed)
         data_key = world_key(seed, quick)
         if old.get("data_key") != data_key or not (toy / "data" / "world.json").exists():
@@ -175,6 +177,7 @@ def build(
         }
         manifest["stages"], _ = run_stages(_stages(toy, mode, data_key, seed), stages_old, progress)
         manifest["build_seconds"] = time.perf_counter() - t0
+        manifest["host"] = host(load)  # the load average when the build started
         manifest["evaluation"] = old.get("evaluation") if stages_old == manifest["stages"] else None
         if manifest["evaluation"] is None:
             manifest["evaluation"] = evaluate_world(toy, world, progress=progress)

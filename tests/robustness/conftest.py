@@ -1,4 +1,6 @@
-"""Records how many robustness cases ran and passed, per test file, in test-artifacts/robustness.json.
+"""Records how many robustness cases ran and passed, per test file, in test-artifacts/robustness.json (or
+the file $ADPA_ROBUSTNESS_JSON names: `ADPA_ROBUSTNESS_JSON=docs/data/robustness.json make stress` writes
+the copy that docs/RELIABILITY.md is rendered from), with the command, the machine and its load average.
 
 Files that ran in this session replace their earlier entry; files that did not run keep theirs.
 """
@@ -7,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,7 +30,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if not _OUTCOMES:
         return
-    path = Path(session.config.rootpath) / "test-artifacts" / "robustness.json"
+    root = Path(session.config.rootpath)
+    path = root / os.environ.get("ADPA_ROBUSTNESS_JSON", "test-artifacts/robustness.json")
     try:
         files = json.loads(path.read_text(encoding="utf-8")).get("files", {})
     except (OSError, ValueError, AttributeError):
@@ -42,5 +46,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     totals = {k: sum(f[k] for f in files.values()) for k in ("cases", "passed", "failed", "skipped")}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"totals": totals, "files": dict(sorted(files.items()))}, indent=2) + "\n")
+    from adpa_core.worlds import host
+
+    record = {"command": _command(), "machine": host(), "totals": totals}
+    tmp.write_text(json.dumps({**record, "files": dict(sorted(files.items()))}, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def _command() -> str:
+    env = [f"{k}={os.environ[k]}" for k in ("ADPA_STRESS_SECONDS", "ADPA_ROBUSTNESS_JSON") if k in os.environ]
+    return " ".join([*env, "pytest", *sys.argv[1:]])
