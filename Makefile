@@ -59,7 +59,9 @@ stress: setup
 	ADPA_STRESS_SECONDS=$(STRESS_SECONDS) $(OFFLINE) $(BIN)/python -m pytest tests/robustness -s -q $(PYTEST_ARGS)
 
 # Tables in README / docs / benchmarks are rendered from the JSON their commands wrote (never typed by hand);
-# tests/test_docs_tables.py fails when a table differs from its render.
+# tests/test_docs_tables.py fails when a table differs from its render. The JSON: a benchmark run with
+# ADPA_BENCH_OUT=benchmarks/recorded, `adpa toy build --record docs/data/toy_world.json`, `adpa real build`
+# (docs/realworld/), ADPA_ROBUSTNESS_JSON=docs/data/robustness.json make stress.
 docs-tables: setup
 	$(BIN)/python scripts/docs_tables.py
 

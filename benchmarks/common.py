@@ -274,11 +274,15 @@ def fmt(value: Any, spec: str = ".3g") -> str:
     return str(value)
 
 
+def _cell(value: Any, spec: str) -> str:
+    return fmt(value, spec).replace("|", "\\|")  # a bare | would end the cell
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
-    """A markdown table; `columns` are (key, header, format spec)."""
+    """A markdown table; `columns` are (key, header, format spec). A `|` inside a cell is escaped."""
     head = "| " + " | ".join(h for _, h, _ in columns) + " |"
     rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(fmt(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
+    body = ["| " + " | ".join(_cell(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
     return "\n".join([head, rule, *body])
 
 

@@ -1,7 +1,7 @@
 """`adpa plan`'s memory model against measured peaks of real training steps on CPU, at two small sizes.
 
     python -m benchmarks.plan_memory [--quick] [--threads 1]
-    python -m benchmarks.plan_memory --render     # RESULTS.md's section from the committed JSON
+    python -m benchmarks.plan_memory --render     # RESULTS.md's section from the committed JSON (printed)
 
 Each case is a fresh subprocess that loads the run (`train.setup`: models, teachers, optimizer) and runs two
 optimizer steps (the first creates AdamW's state). Measured = the resident set's high-water mark during the
@@ -12,7 +12,9 @@ weights, teachers, gradients, optimizer state, activations, the loss. glibc's mm
 memory). Predicted = `adpa_core.plan.plan(...)`, strategy `single`, device `cpu` (float32, no CUDA reserve),
 at the batch's real sequence length. Target: every case within 20%.
 
-A full run writes benchmarks/out/plan_memory.json and the committed copy benchmarks/recorded/plan_memory.json.
+A run writes benchmarks/out/plan_memory.json; recorded with `ADPA_BENCH_OUT=benchmarks/recorded` it is the
+committed benchmarks/recorded/plan_memory.json, from which `make docs-tables` renders RESULTS.md's section
+(`section`).
 """
 
 from __future__ import annotations
@@ -30,11 +32,6 @@ from . import common as C
 from . import world as W
 
 COMMITTED = C.REPO_ROOT / "benchmarks" / "recorded" / "plan_memory.json"
-RESULTS_MD = C.REPO_ROOT / "benchmarks" / "RESULTS.md"
-MARK = (
-    "<!-- plan_memory:begin (rendered from benchmarks/recorded/plan_memory.json) -->",
-    "<!-- plan_memory:end -->",
-)
 SIZES = {  # vocab, student, teacher, prompt words, response words, batch
     "A": (16384, W.Shape(256, 4, 768, 4), W.Shape(512, 4, 1536, 8), 60, 60, 4),
     "B": (32768, W.Shape(384, 6, 1024, 6), W.Shape(512, 6, 1536, 8), 100, 100, 2),
@@ -185,19 +182,16 @@ def render(payload: dict[str, Any]) -> str:
     return head + "\n".join(lines) + "\n\n" + "\n".join(legend) + "\n"
 
 
-def render_results_md(payload: dict[str, Any]) -> None:
-    text = RESULTS_MD.read_text(encoding="utf-8")
-    start, end = text.index(MARK[0]) + len(MARK[0]), text.index(MARK[1])
-    m = payload["machine"]
-    when = f"`{payload['command']}` — {m['date_utc']} UTC, {m['cpu']}, torch {m['torch']}.\n\n"
-    RESULTS_MD.write_text(text[:start] + "\n" + when + render(payload) + text[end:], encoding="utf-8")
+def section(payload: dict[str, Any]) -> str:
+    """RESULTS.md's section: what ran where and when, then the table (scripts/docs_tables.py renders it)."""
+    return C.header(payload) + "\n\n" + render(payload).rstrip("\n")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.plan_memory", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one tiny size (seconds; not a check of the model)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per case")
-    p.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from the committed JSON")
+    p.add_argument("--render", action="store_true", help="print RESULTS.md's section from the committed JSON")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -209,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if args.render:
         payload = json.loads(COMMITTED.read_text(encoding="utf-8"))
-        render_results_md(payload)
+        print(section(payload))
         return payload
     C.set_threads(args.threads)
     sizes = QUICK_SIZES if args.quick else SIZES
@@ -229,9 +223,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         targets,
     )
     print(render(payload))
-    if not args.quick:
-        COMMITTED.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-        render_results_md(payload)
     return payload
 
 

@@ -6,9 +6,11 @@ A table lives in a markdown file between two markers that name it:
     ...rendered rows...
     <!-- /table:real_matrix -->
 
-Each name maps to the JSON file a command wrote (committed under docs/data/ or benchmarks/) and a render
-function. `python scripts/docs_tables.py` rewrites every block from its JSON; `--check` only compares and
-exits 1 naming the blocks that differ (tests/test_docs_tables.py runs it, so a number edited by hand fails).
+Each name maps to the JSON file(s) a command wrote (committed under docs/data/, docs/realworld/,
+docs/reproduce/ or benchmarks/recorded/) and a render function; a benchmark's block is rendered by the
+benchmark's own function. `python scripts/docs_tables.py` rewrites every block from its JSON; `--check` only
+compares and exits 1 naming the blocks that differ (tests/test_docs_tables.py runs it, so a number edited by
+hand fails).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import docs_blocks  # noqa: E402  (renderers of blocks without a module of their own, next to this file)
+from docs_blocks import markdown  # noqa: E402
+
 Renderer = Callable[[Any], str]
 # name -> (JSON path relative to the repo, or a tuple of them: the renderer gets a list, render function)
 TABLES: dict[str, tuple[str | tuple[str, ...], Renderer]] = {}
@@ -47,32 +53,49 @@ def table(name: str, source: str | tuple[str, ...]) -> Callable[[Renderer], Rend
     return register
 
 
-def markdown(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- renderers
 
 
+def _module(name: str) -> Any:
+    """`benchmarks.<name>`, imported lazily (benchmarks import torch)."""
+    import importlib
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"benchmarks.{name}")
+
+
 def _benchmark(name: str, function: str = "render") -> Renderer:
-    """A benchmark module's own renderer (imported lazily: benchmarks import torch)."""
+    """A benchmark module's own renderer."""
 
     def fn(data: Any) -> str:
-        import importlib
-
-        sys.path.insert(0, str(ROOT))
-        text = getattr(importlib.import_module(f"benchmarks.{name}"), function)(data)
+        text = getattr(_module(name), function)(data)
         return re.sub(r"\A## [^\n]*\n\n", "", text)  # the section's heading stays in the document
 
     return fn
 
 
-table("tokenizer_check", "benchmarks/recorded/tokenizer_check.json")(_benchmark("tokenizer_check"))
-table("workbench_figures", "benchmarks/recorded/workbench_figures.json")(
-    _benchmark("workbench_figures", "results_section")
-)
+def recorded(name: str) -> str:
+    return f"benchmarks/recorded/{name}.json"
+
+
+for _name in ("loss_micro", "step_ratio", "trl_peer", "cache_bench", "tokenizer_check", "workbench_load"):
+    table(_name, recorded(_name))(_benchmark(_name))
+table("workbench_figures", recorded("workbench_figures"))(_benchmark("workbench_figures", "results_section"))
+table("plan_memory", recorded("plan_memory"))(_benchmark("plan_memory", "section"))
+SUMMARY = ("loss_micro", "step_ratio", "trl_peer", "cache_bench", "tokenizer_check", "workbench_figures")
+
+
+@table("benchmark_targets", tuple(recorded(n) for n in (*SUMMARY, "plan_memory")))
+def benchmark_targets(payloads: list[dict[str, Any]]) -> str:
+    """Every recorded benchmark's targets in one table (benchmarks/RESULTS.md's summary)."""
+    common = _module("common")
+    return common.targets_table(common.all_targets(payloads))
+
+
+# README's toy world from its recorded build; docs/RELIABILITY.md's case counts from `make stress`.
+table("toy_world", "docs/data/toy_world.json")(docs_blocks.toy_world)
+table("robustness", "docs/data/robustness.json")(docs_blocks.robustness)
 
 
 def _reproduce(part: str) -> Renderer:
