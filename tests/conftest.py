@@ -73,9 +73,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 @pytest.fixture(scope="session")
 def real_home(toy_home) -> str:
-    """The quick real-model world on SmolLM2 (`adpa real build --quick`), built once per test session in
-    this session's ADPA_HOME (next to the toy world); an existing build there is kept."""
-    from adpa_core.real.build import ensure_world
+    """A real-model world on SmolLM2 built once per test session in this session's ADPA_HOME (next to the
+    toy world) with the test-sized recipe `tests.realkit.SMOL_RECIPE`; an existing build there is kept."""
+    from adpa_core.real.build import build, is_built
 
-    ensure_world(toy_home, quick=True, progress=False)
+    from .realkit import SMOL_RECIPE
+
+    if not is_built(toy_home):
+        build(toy_home, quick=True, progress=False, recipe=SMOL_RECIPE)
     return toy_home
