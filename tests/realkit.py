@@ -20,8 +20,8 @@ RECIPE = {
 
 # The real-model world the tests build on SmolLM2 (the `real_home` fixture): the quick build's machinery
 # and settings with a quarter of the prompts, fewer samples, shorter replies and a third of the DPO steps,
-# so that `make test` pays a fraction of the quick build's ~8 CPU-minutes. It is the real model, tokenizer and judge; its teacher is
-# weaker than the quick build's, and no test reads its quality.
+# so that `make test` pays a fraction of the quick build's ~8 CPU-minutes. It is the real model, tokenizer
+# and judge; its teacher is weaker than the quick build's, and no test reads its quality.
 SMOL_RECIPE = {
     "prompts": {"train": 16, "validation": 4, "test": 8, "unseen": 4},
     "sampling": {"samples": 3, "temperature": 0.8, "max_new_tokens": 24, "batch_size": 32},
