@@ -26,7 +26,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import docs_blocks  # noqa: E402  (renderers of blocks without a module of their own, next to this file)
-from docs_blocks import markdown  # noqa: E402
 
 Renderer = Callable[[Any], str]
 # name -> (JSON path relative to the repo, or a tuple of them: the renderer gets a list, render function)
@@ -124,121 +123,11 @@ for _part in ("table", "per_seed"):  # "switches" gets its block with the run th
     table(f"reproduce_{_part}", "docs/reproduce/results.json")(_reproduce(_part))
 
 
-REAL_BUILDS = ("docs/realworld/manifest-quick.json", "docs/realworld/manifest-full.json")
-
-
-def _build_label(m: dict[str, Any]) -> str:
-    dpo = m["recipe"]["teacher_dpo"]
-    mode = "`--quick`" if m["mode"] == "quick" else "full"
-    return (
-        f"{mode}: {m['recipe']['prompts']['train']} train prompts, {dpo['steps']} DPO steps at {dpo['lr']:g}"
-    )
-
-
-@table("realworld_builds", REAL_BUILDS)
-def _realworld_builds(manifests: list[dict[str, Any]]) -> str:
-    header = [
-        "build",
-        "wall (shared machine)",
-        "CPU, one thread",
-        "load average at start",
-        "sampling pairs / DPO / evaluation (share of wall)",
-    ]
-    rows = []
-    for m in manifests:
-        b = m["build"]
-        steps = b["steps_seconds"]
-        shares = " / ".join(
-            f"{100 * steps[k] / b['seconds']:.0f}%" for k in ("pairs", "teacher_dpo", "evaluation")
-        )
-        load = f"{b['load_average_at_start'][0]:.1f}"
-        rows.append(
-            [_build_label(m), f"{b['seconds']:,.0f} s", f"**{b['cpu_seconds']:,.0f} s**", load, shares]
-        )
-    return markdown(header, rows)
-
-
-@table("realworld_eval", REAL_BUILDS)
-def _realworld_eval(manifests: list[dict[str, Any]]) -> str:
-    header = [
-        "model",
-        "build",
-        "judge, `test`",
-        "judge, `unseen` kinds",
-        "content right (test)",
-        "instructions met (test)",
-        "words",
-        "hacks",
-    ]
-    names = {"teacher_ref": "`real:teacher_ref` = `real:student`", "teacher": "`real:teacher` (DPO adapter)"}
-    rows = []
-    for m in manifests:
-        for key, label in names.items():
-            test, unseen = m["evaluation"][key]["test"], m["evaluation"][key]["unseen"]
-            rows.append(
-                [
-                    label,
-                    m["mode"],
-                    f"{test['reward']:.3f}",
-                    f"{unseen['reward']:.3f}",
-                    f"{test['content_all']:.2f}",
-                    f"{test['instructions_all']:.2f}",
-                    f"{test['mean_words']:.1f}",
-                    f"{test['any_hack_rate']:.2f}",
-                ]
-            )
-    return markdown(header, rows)
-
-
-@table("realworld_pairs", REAL_BUILDS)
-def _realworld_pairs(manifests: list[dict[str, Any]]) -> str:
-    header = [
-        "build",
-        "pairs (train prompts)",
-        "ties",
-        "judge: chosen / rejected",
-        "implicit reward ranks chosen first (held-out pairs)",
-        "gate",
-    ]
-    rows = []
-    for m in manifests:
-        train, adv = m["pairs"]["stats"]["train"], m["evaluation"]["advantages"]
-        gate = m["evaluation"]["health"]["rank_rate"]
-        verdict = "met" if gate["ok"] else f"**below the {100 * gate['min']:.0f}% gate**"
-        rows.append(
-            [
-                m["mode"],
-                f"{train['pairs']} of {train['prompts']}",
-                f"{100 * train['tie_rate']:.0f}%",
-                f"{train['chosen_score']:.2f} / {train['rejected_score']:.2f}",
-                f"{100 * adv['rank_rate']:.0f}% of {adv['pairs']}",
-                verdict,
-            ]
-        )
-    return markdown(header, rows)
-
-
-@table("realworld_skills", REAL_BUILDS)
-def _realworld_skills(manifests: list[dict[str, Any]]) -> str:
-    """Per content and instruction kind on the `test` prompts: the reference, then the teacher, per build."""
-    header = ["on `test` prompts (count in the full build)"]
-    for m in manifests:
-        header += [f"reference ({m['mode']})", f"teacher ({m['mode']})"]
-    full = manifests[-1]["evaluation"]["teacher"]["test"]
-    rows = []
-    for group, label in (("content", "right: {}"), ("instructions", "met: {}")):
-        for kind in sorted(full[group]):
-            count = f" ({full['count'][kind]})" if group == "instructions" else ""
-            cells = [label.format(kind.replace("_", " ")) + count]
-            for m in manifests:
-                for who in ("teacher_ref", "teacher"):
-                    value = m["evaluation"][who]["test"][group].get(kind)
-                    cells.append("—" if value is None else f"{value:.2f}")
-            rows.append(cells)
-    cells = ["any hack (echo, repetition, empty)"]
-    for m in manifests:
-        cells += [f"{m['evaluation'][w]['test']['any_hack_rate']:.2f}" for w in ("teacher_ref", "teacher")]
-    return markdown(header, rows + [cells])
+table("realworld_builds", docs_blocks.REAL_BUILDS)(docs_blocks.realworld_builds)
+table("realworld_eval", docs_blocks.REAL_BUILDS)(docs_blocks.realworld_eval)
+table("realworld_pairs", docs_blocks.REAL_BUILDS)(docs_blocks.realworld_pairs)
+table("realworld_skills", docs_blocks.REAL_BUILDS)(docs_blocks.realworld_skills)
+table("real_matrix", "docs/data/real_matrix.json")(docs_blocks.real_matrix)
 
 
 # ---------------------------------------------------------------- blocks
