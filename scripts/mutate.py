@@ -8,7 +8,12 @@ tests that call the mutated function (stopping at the first failure). A mutant n
 docs/mutation-equivalent.json explains the survivors that are equivalent to the original code (no test can
 tell them apart), each tied to its exact change so that a stale explanation shows.
 
-    python scripts/mutate.py [--only losses,rows] [--jobs 2] [--render]
+`--recheck` re-tests only the mutants a full run left alive, against the module's current test list (new
+tests for its survivors), in that run's folder: each one is killed when a test fails with it switched on
+(mutmut's MUTANT_UNDER_TEST). It refuses when the module changed since the run (the mutants would be stale);
+the mutants the full run killed stay killed, since tests are only ever added. The report gives both dates.
+
+    python scripts/mutate.py [--only losses,rows] [--jobs 2] [--render | --recheck]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
@@ -40,6 +46,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         [
             "tests/test_wiring_steps.py",
             "tests/test_wiring_teacher.py",
+            "tests/test_wiring_paths.py",
             "tests/test_released_code.py",
             "tests/test_train.py::test_first_step_loss_equals_hand_computed",
         ],
@@ -152,6 +159,67 @@ def run_module(name: str, jobs: int) -> dict:
     return result
 
 
+PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", "-m", "not slow and not gpu"]
+
+
+def _pytest(mutants: Path, tests: list[str], mutant: str, timeout: float) -> int | None:
+    """Exit code of the tests run in mutmut's `mutants/` folder with `mutant` switched on (None: timeout)."""
+    cmd = ["nice", "-n", "10", sys.executable, "-m", "pytest", *PYTEST_ARGS, *tests]
+    env = {**os.environ, **ENV, "MUTANT_UNDER_TEST": mutant}
+    try:
+        return subprocess.run(cmd, cwd=mutants, env=env, capture_output=True, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def recheck_module(name: str, result: dict, jobs: int) -> dict:
+    """The full run's `result` with its not-killed mutants re-tested against the current test list."""
+    module, tests = MODULES[name]
+    tests = [t for t in tests if t not in result["tests"]] + [t for t in tests if t in result["tests"]]
+    work = WORK / name
+    mutants = work / "mutants"
+    if not (mutants / module).exists():
+        raise SystemExit(f"{name}: no mutmut folder at {work}; run `make mutate MUTATE_ARGS='--only {name}'`")
+    if (work / module).read_bytes() != (ROOT / module).read_bytes():
+        raise SystemExit(
+            f"{name}: {module} changed since its mutation run; run the module again (no --recheck)"
+        )
+    shutil.rmtree(mutants / "tests")
+    shutil.copytree(ROOT / "tests", mutants / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    start = time.perf_counter()
+    if _pytest(mutants, tests, "", 3600) != 0:
+        raise SystemExit(f"{name}: the tests fail without a mutant; fix them first")
+    clean = time.perf_counter() - start
+    left = [(status, m) for status, ms in result["not_killed"].items() for m in ms]
+    print(
+        f"== {name}: re-testing {len(left)} mutants with {', '.join(tests)} (clean run {clean:.0f} s)",
+        flush=True,
+    )
+    with ThreadPoolExecutor(jobs) as pool:
+        codes = list(pool.map(lambda sm: _pytest(mutants, tests, sm[1]["mutant"], 10 * clean + 60), left))
+    counts = dict(result["counts"])
+    not_killed: dict[str, list[dict]] = {}
+    for (status, m), code in zip(left, codes, strict=True):
+        now = "killed" if code == 1 else ("timeout" if code is None else status)
+        if now != status:
+            counts[status] -= 1
+            counts[now] = counts.get(now, 0) + 1
+        if now != "killed":
+            not_killed.setdefault(now, []).append(m)
+    wall = time.perf_counter() - start
+    print(f"   {counts} in {wall:.0f} s", flush=True)
+    return {
+        **result,
+        "counts": {s: n for s, n in counts.items() if n},
+        "not_killed": not_killed,
+        "recheck": {
+            "tests": tests,
+            "wall_s": round(wall, 1),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        },
+    }
+
+
 def _natural(mutant: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", mutant))
 
@@ -189,7 +257,8 @@ over each module with the test files listed below; for each mutant mutmut runs o
 mutated function. mutmut does not mutate decorated functions (e.g. `@torch.no_grad()`) nor code outside
 functions.
 
-Command: `make mutate` (one module: `make mutate MUTATE_ARGS='--only rows'`); {machine}.
+Command: `make mutate` (one module: `make mutate MUTATE_ARGS='--only rows'`; only the survivors of the last
+run, against the current tests: `make mutate MUTATE_ARGS='--recheck --only rows'`); {machine}.
 
 | module | mutants | killed | equivalent | not killed | score | killed / all | wall time |
 |---|---:|---:|---:|---:|---:|---:|---:|
@@ -217,7 +286,11 @@ def render(data: dict) -> str:
     ]
     for r in data["modules"].values():
         tests = ", ".join(f"`{t}`" for t in r["tests"])
-        out += [f"## `{r['module']}`", "", f"Tests: {tests} (run {r['date_utc']} UTC).", ""]
+        line = f"Tests: {tests} (run {r['date_utc']} UTC)."
+        if "recheck" in r:
+            again = ", ".join(f"`{t}`" for t in r["recheck"]["tests"])
+            line += f" Its survivors re-tested {r['recheck']['date_utc']} UTC (`--recheck`) with: {again}."
+        out += [f"## `{r['module']}`", "", line, ""]
         for status, mutants in r["not_killed"].items():
             for m in mutants:
                 note = notes.get(m["mutant"])
@@ -240,9 +313,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--render", action="store_true", help="only render docs/MUTATION.md from docs/mutation.json"
     )
+    ap.add_argument(
+        "--recheck", action="store_true", help="re-test only the last run's surviving mutants (see above)"
+    )
     args = ap.parse_args(argv)
     data = json.loads(OUT_JSON.read_text(encoding="utf-8")) if OUT_JSON.exists() else {"modules": {}}
-    if not args.render:
+    if args.recheck:
+        for name in [n for n in args.only.split(",") if n] or list(data["modules"]):
+            result = recheck_module(name, data["modules"][name], args.jobs)
+            data = json.loads(OUT_JSON.read_text(encoding="utf-8"))
+            data["modules"][name] = result
+            OUT_JSON.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    elif not args.render:
         names = [n for n in args.only.split(",") if n] or list(MODULES)
         for name in names:
             result = run_module(name, args.jobs)

@@ -9,6 +9,8 @@ one; that holds only if the student and the teachers both get the attention mask
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -20,6 +22,7 @@ from adpa_core.models import load_models
 from adpa_core.objectives import StepContext, group_batch, loss_step, row_weights, student_logits
 from adpa_core.prepare import load_rows
 from adpa_core.teacher import OnlineTeacher
+from tests import reference as R
 from tests.tiny import make_llama, make_tokenizer, save_model
 from tests.trainkit import build_world, make_cfg
 
@@ -230,3 +233,22 @@ def test_a_released_code_step_without_the_end_of_turn_id_is_refused():
         StepContext(model, obj, 64)
     assert str(err.value) == "objective.released_code.eos_without_teacher needs StepContext.end_of_turn_id"
     assert StepContext(model, obj, 64, end_of_turn_id=5).end_of_turn_id == 5
+
+
+@pytest.mark.parametrize("chunk", [None, 3], ids=["full", "chunked"])
+def test_a_batch_of_one_pair_is_not_halved(world, tmp_path, chunk):
+    """One pair: each term's normaliser is 1 (one pair, one sequence), so the loss is -log sigmoid(margin)
+    plus w_sft times the mean NLL of the one chosen reply; `loss_value` reports it."""
+    cfg = make_cfg(world, tmp_path, "dpo", objective={"method": "dpo", "beta_dpo": 0.3, "w_sft": 0.5})
+    tokenizer, student, _ = load_models(cfg.model, device="cpu")
+    batch = collate(load_rows(cfg, tokenizer)[:1], ("chosen", "rejected"), tokenizer.pad_token_id)
+    with torch.no_grad():
+        logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        policy = R.sequence_logps(logits, batch["labels"])  # (2,) float64
+    reference = (policy - torch.tensor([2.0, -3.0], dtype=torch.float64)).float()  # margin 0.3 * 5 = 1.5
+    expected = math.log1p(math.exp(-1.5)) + 0.5 * float(R.nll_loss(logits[:1], batch["labels"][:1]))
+    head = output_layer(student) if chunk else None
+    ctx = StepContext(student, cfg.objective, len(tokenizer), None, lambda _: reference, chunk, head)
+    loss, metrics = loss_step(ctx, batch)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    assert metrics["loss_value"] == float(loss.detach())
