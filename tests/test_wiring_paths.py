@@ -19,7 +19,15 @@ from adpa_core.config import STUDENT_GROUPS, ObjectiveConfig
 from adpa_core.data import collate
 from adpa_core.losses import IGNORE_INDEX, sequence_logps
 from adpa_core.models import load_models
-from adpa_core.objectives import StepContext, group_batch, loss_step, row_weights, student_logits
+from adpa_core.objectives import (
+    StepContext,
+    group_batch,
+    loss_step,
+    row_weights,
+    split_groups,
+    student_logits,
+    term_weights,
+)
 from adpa_core.prepare import load_rows
 from adpa_core.teacher import OnlineTeacher
 from tests import reference as R
@@ -252,3 +260,51 @@ def test_a_batch_of_one_pair_is_not_halved(world, tmp_path, chunk):
     loss, metrics = loss_step(ctx, batch)
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     assert metrics["loss_value"] == float(loss.detach())
+
+
+def test_term_weights_of_each_method():
+    """DESIGN.md section 1: each objective's terms and weights (DPO's SFT term only when weighted)."""
+    w = {"w_kl_chosen": 0.3, "w_kl_rejected": 0.2, "gamma": 0.7}
+    assert term_weights(ObjectiveConfig(method="sft")) == {"nll": 1.0}
+    assert term_weights(ObjectiveConfig(method="dpo")) == {"dpo": 1.0}
+    assert term_weights(ObjectiveConfig(method="dpo", w_sft=0.0)) == {"dpo": 1.0}
+    assert term_weights(ObjectiveConfig(method="dpo", w_sft=0.5)) == {"dpo": 1.0, "nll": 0.5}
+    assert term_weights(ObjectiveConfig(method="kd", **w)) == {"nll": 1.0, "kl_chosen": 0.3}
+    assert term_weights(ObjectiveConfig(method="dckd", **w)) == {
+        "nll": 1.0,
+        "kl_chosen": 0.3,
+        "kl_rejected": 0.2,
+    }
+    for method in ("adpa", "adpa_plus"):
+        assert term_weights(ObjectiveConfig(method=method, **w)) == {"nll": 1.0, "adpa": 0.7}
+
+
+def test_a_batch_that_is_not_one_row_per_group_is_refused():
+    with pytest.raises(ValueError):
+        split_groups(torch.zeros(1, 3), ("chosen", "rejected"))
+    parts = split_groups(torch.arange(4)[:, None], ("chosen", "rejected"))
+    assert {g: t[:, 0].tolist() for g, t in parts.items()} == {"chosen": [0, 1], "rejected": [2, 3]}
+
+
+@pytest.mark.parametrize("chunk", [None, 3], ids=["full", "chunked"])
+def test_kd_step_by_hand(world, tmp_path, chunk):
+    """KD: NLL of the chosen replies plus w_kl_chosen times the forward KL from the DPO teacher, both
+    against the float64 references; the terms' numerators are reported."""
+    obj = {"method": "kd", "w_kl_chosen": 0.3}
+    cfg = make_cfg(world, tmp_path, "kd", objective=obj)
+    tokenizer, student, pair = load_models(cfg.model, device="cpu")
+    vocab = len(tokenizer)
+    batch = collate(load_rows(cfg, tokenizer)[:3], ("chosen",), tokenizer.pad_token_id)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        logits = student(**inputs).logits[..., :vocab]
+        teacher = pair.dpo(**inputs).logits[..., :vocab]
+    nll = float(R.nll_loss(logits, batch["labels"]))
+    kl = float(R.forward_kl_loss(logits, teacher, batch["labels"]))
+    assert kl > 1e-3  # the teacher differs from the student
+    head = output_layer(student) if chunk else None
+    ctx = StepContext(student, cfg.objective, vocab, OnlineTeacher(pair, vocab), None, chunk, head)
+    loss, metrics = loss_step(ctx, batch)
+    assert float(loss.detach()) == pytest.approx(nll + 0.3 * kl, rel=1e-5)
+    assert metrics["num/nll"] == pytest.approx(3 * nll, rel=1e-5)  # 3 sequences
+    assert metrics["num/kl_chosen"] == pytest.approx(3 * kl, rel=1e-5)
