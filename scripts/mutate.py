@@ -9,9 +9,10 @@ docs/mutation-equivalent.json explains the survivors that are equivalent to the 
 tell them apart), each tied to its exact change so that a stale explanation shows.
 
 `--recheck` re-tests only the mutants a full run left alive, against the module's current test list (new
-tests for its survivors), in that run's folder: each one is killed when a test fails with it switched on
-(mutmut's MUTANT_UNDER_TEST). It refuses when the module changed since the run (the mutants would be stale);
-the mutants the full run killed stay killed, since tests are only ever added. The report gives both dates.
+tests for its survivors, run first), in that run's folder: each one is killed when a test fails with it
+switched on (mutmut's MUTANT_UNDER_TEST); the survivors explained as equivalent are not re-tested. It
+refuses when the module changed since the run (the mutants would be stale); the mutants the full run killed
+stay killed, since tests are only ever added. The report gives both dates.
 
     python scripts/mutate.py [--only losses,rows] [--jobs 2] [--render | --recheck]
 """
@@ -190,7 +191,13 @@ def recheck_module(name: str, result: dict, jobs: int) -> dict:
     if _pytest(mutants, tests, "", 3600) != 0:
         raise SystemExit(f"{name}: the tests fail without a mutant; fix them first")
     clean = time.perf_counter() - start
-    left = [(status, m) for status, ms in result["not_killed"].items() for m in ms]
+    notes = _notes()  # explained equivalents: no test can kill them, so they are not re-tested
+    left = [
+        (status, m)
+        for status, ms in result["not_killed"].items()
+        for m in ms
+        if notes.get(m["mutant"], {}).get("change") != m["change"]
+    ]
     print(
         f"== {name}: re-testing {len(left)} mutants with {', '.join(tests)} (clean run {clean:.0f} s)",
         flush=True,
@@ -199,6 +206,9 @@ def recheck_module(name: str, result: dict, jobs: int) -> dict:
         codes = list(pool.map(lambda sm: _pytest(mutants, tests, sm[1]["mutant"], 10 * clean + 60), left))
     counts = dict(result["counts"])
     not_killed: dict[str, list[dict]] = {}
+    kept = {m["mutant"] for _, m in left}
+    for status, ms in result["not_killed"].items():
+        not_killed[status] = [m for m in ms if m["mutant"] not in kept]
     for (status, m), code in zip(left, codes, strict=True):
         now = "killed" if code == 1 else ("timeout" if code is None else status)
         if now != status:
@@ -206,12 +216,14 @@ def recheck_module(name: str, result: dict, jobs: int) -> dict:
             counts[now] = counts.get(now, 0) + 1
         if now != "killed":
             not_killed.setdefault(now, []).append(m)
+    for ms in not_killed.values():
+        ms.sort(key=lambda m: _natural(m["mutant"]))
     wall = time.perf_counter() - start
     print(f"   {counts} in {wall:.0f} s", flush=True)
     return {
         **result,
         "counts": {s: n for s, n in counts.items() if n},
-        "not_killed": not_killed,
+        "not_killed": {s: ms for s, ms in not_killed.items() if ms},
         "recheck": {
             "tests": tests,
             "wall_s": round(wall, 1),
