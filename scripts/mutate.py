@@ -55,6 +55,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "terms": (  # the per-token terms, split out of objectives.py
         "adpa_core/terms.py",
         [
+            "tests/test_terms_by_hand.py",
             "tests/test_wiring_teacher.py",
             "tests/test_released_code.py",
             "tests/test_train.py::test_first_step_loss_equals_hand_computed",
