@@ -105,3 +105,37 @@ def test_released_adpa_with_probability_floors_counts_the_clipped_rest_bin():
     assert _adpa(t, **obj) == pytest.approx(expected, rel=1e-6)
     exact = -(0.25 * math.log(2.0) + 0.25 * 0.2)  # the exact top-k form: no rest bin
     assert _adpa(t, **{**obj, "released_code": {}}) == pytest.approx(exact, rel=1e-6)
+
+
+def test_kl_uses_the_stored_rest_bin_and_is_zero_where_not_counted():
+    """The cache's stored rest mass (.1 here) is used as given, not 1 - .5 - .3 from the stored ids (a cache
+    rounds the log-probs it stores, not the rest it computed before); an uncounted position gives 0."""
+    t = _cached([0.5, 0.3], [0.25, 0.25], 0.1, 0.5)
+    obj = ObjectiveConfig(method="kd")
+    kl = 0.5 * math.log(0.5 / 0.25) + 0.3 * math.log(0.3 / 0.25) + 0.1 * math.log(0.1 / 0.5)
+    assert float(term_per_token("kl_chosen", LOGITS, LABELS, t, obj)[0, 0]) == pytest.approx(kl, rel=1e-6)
+    two = TeacherTargets(**{f: torch.cat([v, v], dim=1) for f, v in vars(t).items() if v is not None})
+    got = term_per_token("kl_chosen", torch.zeros(1, 2, 4), torch.tensor([[2, -100]]), two, obj)
+    assert got[0, 1].item() == 0.0 and got[0, 0].item() == pytest.approx(kl, rel=1e-6)
+
+
+def test_advantage_floor_alone_takes_the_released_form():
+    """released_code.advantage_floor: probabilities below 1e-7 are floored before the log ratio, so a
+    reference probability of 1e-9 counts as 1e-7."""
+    t = _cached([0.5, 0.3], [1e-9, 0.25], 0.2, 0.75 - 1e-9)
+    obj = {"support": "topk", "k": 2, "released_code": {"advantage_floor": True}}
+    expected = -0.25 * (math.log(0.5 / 1e-7) + math.log(0.3 / 0.25))
+    assert _adpa(t, **obj) == pytest.approx(expected, rel=1e-6)
+
+
+def test_full_support_keeps_its_exact_form_under_released_switches():
+    """The released-code ADPA form is top-k only: under full support the exact k + 1-bin form stays, with
+    the positions without teacher data (released_code.eos_without_teacher) at 0."""
+    t = _cached([0.5, 0.3], [0.25, 0.25], 0.2, 0.5)
+    full = -(0.25 * math.log(2.0) + 0.25 * math.log(1.2) + 0.5 * math.log(0.4))
+    obj = ObjectiveConfig(method="adpa", support="full", k=2, released_code={"prob_floors": True})
+    assert float(term_per_token("adpa", LOGITS, LABELS, t, obj)[0, 0]) == pytest.approx(full, rel=1e-6)
+    two = TeacherTargets(**{f: torch.cat([v, v], dim=1) for f, v in vars(t).items() if v is not None})
+    empty = torch.tensor([[False, True]])
+    got = term_per_token("adpa", torch.zeros(1, 2, 4), torch.tensor([[2, 3]]), two, obj, empty)
+    assert got[0, 1].item() == 0.0 and got[0, 0].item() == pytest.approx(full, rel=1e-6)
