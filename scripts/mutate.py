@@ -64,6 +64,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "teacher": (
         "adpa_core/teacher.py",
         [
+            "tests/test_teacher_units.py",
             "tests/test_teacher_cache.py",
             "tests/test_teacher_cache_refusals.py",
             "tests/test_run_inputs.py",
