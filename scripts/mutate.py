@@ -14,7 +14,12 @@ switched on (mutmut's MUTANT_UNDER_TEST); the survivors explained as equivalent 
 refuses when the module changed since the run (the mutants would be stale); the mutants the full run killed
 stay killed, since tests are only ever added. The report gives both dates.
 
-    python scripts/mutate.py [--only losses,rows] [--jobs 2] [--render | --recheck]
+`--max-minutes N` stops each module's run after N minutes; the mutants it did not reach are counted as
+"not run" and the score is over the tested ones. `--collect` records a run left in .mutation/<name>/ (e.g.
+one stopped by hand with Ctrl-C, which mutmut saves).
+
+    python scripts/mutate.py [--only losses,rows] [--jobs 2] [--render | --recheck | --collect]
+        [--max-minutes N]
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
@@ -94,6 +101,8 @@ ENV = {
 
 
 def _status(code: int | None) -> str:
+    if code is None:
+        return "not run"
     if code in TIMEOUTS:
         return "timeout"
     return STATUS.get(code, "suspicious")
@@ -127,19 +136,44 @@ def _diff(work: Path, mutant: str) -> str:
     return "\n".join(lines)
 
 
-def run_module(name: str, jobs: int) -> dict:
+def run_module(name: str, jobs: int, minutes: float | None = None) -> dict:
+    """A full mutmut run of one module; with `minutes`, stopped there (the mutants not reached: "not run")."""
     module, tests = MODULES[name]
     work = prepare(name, module, tests)
     print(f"== {name}: {module} with {', '.join(tests)}", flush=True)
     start = time.perf_counter()
     cmd = ["nice", "-n", "10", str(MUTMUT), "run", "--max-children", str(jobs)]
     with open(work / "mutmut.log", "w", encoding="utf-8") as log:
-        done = subprocess.run(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
-    wall = time.perf_counter() - start
-    meta_path = work / "mutants" / f"{module}.meta"
-    if done.returncode != 0 or not meta_path.exists():
+        proc = subprocess.Popen(
+            cmd,
+            cwd=work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **ENV},
+            start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout=None if minutes is None else minutes * 60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)  # mutmut saves what it has tested and stops
+            code = proc.wait()
+    if code != 0 and minutes is None:
         tail = (work / "mutmut.log").read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise SystemExit(f"mutmut failed on {module} (exit {done.returncode}); log tail:\n{tail}")
+        raise SystemExit(f"mutmut failed on {module} (exit {code}); log tail:\n{tail}")
+    return collect(name, time.perf_counter() - start)
+
+
+def collect(name: str, wall: float | None = None) -> dict:
+    """The result of the mutmut run in .mutation/<name>/ (also one stopped by hand: `--collect`)."""
+    module, tests = MODULES[name]
+    work = WORK / name
+    meta_path = work / "mutants" / f"{module}.meta"
+    if not meta_path.exists():
+        tail = (work / "mutmut.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise SystemExit(f"mutmut left no results for {module}; log tail:\n{tail}")
+    if wall is None:  # from the folder's creation to mutmut's last result
+        wall = meta_path.stat().st_mtime - (work / "pyproject.toml").stat().st_mtime
+    run_tests = tomllib.loads((work / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mutmut"]
     codes = json.loads(meta_path.read_text(encoding="utf-8"))["exit_code_by_key"]
     by_status: dict[str, list[str]] = {}
     for mutant, code in sorted(codes.items(), key=lambda kv: _natural(kv[0])):
@@ -147,16 +181,16 @@ def run_module(name: str, jobs: int) -> dict:
     left = {
         s: [{"mutant": m, "change": _diff(work, m)} for m in ms]
         for s, ms in by_status.items()
-        if s != "killed"
+        if s not in ("killed", "not run")
     }
     result = {
         "module": module,
-        "tests": tests,
+        "tests": run_tests["pytest_add_cli_args_test_selection"],
         "mutants": len(codes),
         "counts": {s: len(ms) for s, ms in by_status.items()},
         "not_killed": left,
         "wall_s": round(wall, 1),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(meta_path.stat().st_mtime)),
     }
     print(f"   {result['counts']} in {wall:.0f} s", flush=True)
     return result
@@ -250,11 +284,13 @@ def scores(result: dict, notes: dict[str, dict[str, str]]) -> dict:
     left = [m for ms in result["not_killed"].values() for m in ms]
     equivalent = [m for m in left if m["mutant"] in notes and notes[m["mutant"]]["change"] == m["change"]]
     total = result["mutants"]
+    not_run = result["counts"].get("not run", 0)  # a time-limited run: the score is over the tested ones
     return {
         "killed": killed,
         "equivalent": len(equivalent),
         "not_killed": len(left) - len(equivalent),
-        "score": killed / max(total - len(equivalent), 1),
+        "not_run": not_run,
+        "score": killed / max(total - not_run - len(equivalent), 1),
         "raw": killed / max(total, 1),
     }
 
@@ -274,8 +310,8 @@ functions.
 Command: `make mutate` (one module: `make mutate MUTATE_ARGS='--only rows'`; only the survivors of the last
 run, against the current tests: `make mutate MUTATE_ARGS='--recheck --only rows'`); {machine}.
 
-| module | mutants | killed | equivalent | not killed | score | killed / all | wall time |
-|---|---:|---:|---:|---:|---:|---:|---:|
+| module | mutants | killed | equivalent | not killed | not run | score | killed / all | wall time |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
 """
 
 
@@ -289,13 +325,15 @@ def render(data: dict) -> str:
             s["killed"],
             s["equivalent"],
             s["not_killed"],
+            s["not_run"],
             f"{s['score']:.1%}",
             f"{s['raw']:.1%}",
         ]
         out.append(f"| `{r['module']}` | " + " | ".join(map(str, cells)) + f" | {r['wall_s'] / 60:.1f} min |")
     out += [
         "",
-        "score = killed / (mutants - equivalent); not killed = survived, no test calls it, or timeout.",
+        "score = killed / (mutants - not run - equivalent); not killed = survived, no test calls it, or"
+        " timeout; not run = mutants a time-limited run (`--max-minutes`) did not reach.",
         "",
     ]
     for r in data["modules"].values():
@@ -330,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--recheck", action="store_true", help="re-test only the last run's surviving mutants (see above)"
     )
+    ap.add_argument("--max-minutes", type=float, help="stop each module's run after this long")
+    ap.add_argument(
+        "--collect", action="store_true", help="record the runs left in .mutation/ (e.g. stopped by hand)"
+    )
     args = ap.parse_args(argv)
     data = json.loads(OUT_JSON.read_text(encoding="utf-8")) if OUT_JSON.exists() else {"modules": {}}
     if args.recheck:
@@ -341,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.render:
         names = [n for n in args.only.split(",") if n] or list(MODULES)
         for name in names:
-            result = run_module(name, args.jobs)
+            result = collect(name) if args.collect else run_module(name, args.jobs, args.max_minutes)
             data = json.loads(OUT_JSON.read_text(encoding="utf-8")) if OUT_JSON.exists() else {"modules": {}}
             data["modules"][name] = result  # saved module by module: an interrupted pass keeps what it did
             data["modules"] = {n: data["modules"][n] for n in MODULES if n in data["modules"]}

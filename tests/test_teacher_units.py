@@ -153,3 +153,44 @@ def test_discard_removes_the_half_built_folder_and_never_raises(tmp_path):
     writer.discard()
     assert not writer.tmp.exists() and not (tmp_path / "c").exists()
     writer.discard()  # nothing left: still quiet
+
+
+def test_a_missing_or_changed_sequence_is_refused_word_for_word(cache):
+    """No entry for an id; the same number of counted tokens but other tokens (a changed tokenizer)."""
+    c, batch, _ = cache
+    with pytest.raises(StaleCacheError) as info:
+        c.targets({**batch, "ids": ["a", "zz"]}, "yhat")
+    assert str(info.value) == f"{c.path} has no entry for example 'zz' (yhat); rebuild it"
+    changed = {**batch, "input_ids": batch["input_ids"].clone()}
+    changed["input_ids"][1, 3] = 20  # row b: still 2 counted tokens
+    with pytest.raises(StaleCacheError) as info:
+        c.targets(changed, "yhat")
+    assert str(info.value) == (
+        f"{c.path}: example 'b' (yhat) was cached for different tokens; the data or tokenizer changed "
+        "since `adpa cache-teacher` ran — rebuild the cache"
+    )
+
+
+def test_a_cache_without_reference_gives_none_and_large_vocabularies_round_trip(tmp_path):
+    """V = 70,000 needs a high bit plane for the ids (and the reference's own top-k ids); a cache without
+    the reference teacher gives no reference log-probs (never a uniform stand-in)."""
+    batch, k, vocab = _batch(), 3, 70_000
+    writer = CacheWriter(tmp_path / "c", k, vocab, "float32")
+    entries = {}
+    for b, example in enumerate(batch["ids"]):
+        n = int((batch["labels"][b] != IG).sum())
+        e = {key: v for key, v in _entry(n, k, seed=b).items() if not key.startswith("ref")}
+        e["ids"] = e["ids"] + 69_900
+        e["ref_ids"] = e["ids"][:, ::-1] - 1000
+        entries[example] = e
+        h = sequence_hash(batch["input_ids"][b], batch["attention_mask"][b], batch["labels"][b])
+        writer.add(f"yhat/{example}", h, e)
+    writer.close({"has_reference": False, "reference_topk": True, "groups": ["yhat"]})
+    t = TeacherCache(tmp_path / "c").targets(batch, "yhat")
+    assert t.ref_topk_logps is None and t.ref_rest_logp is None
+    counted = batch["labels"] != IG
+    for b, example in enumerate(batch["ids"]):
+        assert torch.equal(t.topk_ids[b, counted[b]], torch.from_numpy(entries[example]["ids"].copy()))
+        assert torch.equal(
+            t.ref_topk_ids[b, counted[b]], torch.from_numpy(entries[example]["ref_ids"].copy())
+        )
