@@ -333,7 +333,8 @@ def render(data: dict) -> str:
     out += [
         "",
         "score = killed / (mutants - not run - equivalent); not killed = survived, no test calls it, or"
-        " timeout; not run = mutants a time-limited run (`--max-minutes`) did not reach.",
+        " timeout; not run = mutants a run stopped early (`--max-minutes`, or by hand and recorded with"
+        " `--collect`) did not reach.",
         "",
     ]
     for r in data["modules"].values():
