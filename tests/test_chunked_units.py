@@ -204,3 +204,39 @@ def test_chunking_check_tolerance():
     # float16: 4 eps = 2 ** -8 = 0.0039 (above 1e-3)
     assert chunking_problem(_shifted(0.01, 0.003, torch.float16)) is None
     assert chunking_problem(_shifted(0.01, 0.0044, torch.float16)) is not None
+    # the bound itself is allowed: bfloat16 logits that are exactly 0 against exactly 2 ** -5 = 4 eps
+    assert chunking_problem(_shifted(0.0, 2.0**-5, torch.bfloat16)) is None
+    assert chunking_problem(_shifted(0.0, 2.0**-5 + 2.0**-12, torch.bfloat16)) is not None
+
+
+@pytest.mark.parametrize("needs", ["hidden", "weight", "nothing"])
+def test_only_the_needed_gradient_is_kept_and_every_chunk_counts(needs):
+    """The backward pass keeps a (N, H) buffer only for rows that need a gradient and a (V_rows, H) float32
+    buffer only for a weight that does (a frozen 152k x 4096 head would cost 2.5 GB for nothing); without any
+    gradient every chunk still counts."""
+    hidden, head, coef, chunk_fn = _problem()
+    hidden.requires_grad_(needs == "hidden")
+    head.weight.requires_grad_(needs == "weight")
+    out = fused_linear_loss(hidden, head, chunk_fn, 5, 2)  # chunks of 2, 2, 2, 1 rows
+    torch.testing.assert_close(out.detach(), ((hidden @ head.weight.T) * coef).sum().detach())
+    if needs == "nothing":
+        assert out.grad_fn is None
+        return
+    grad_h, grad_w = out.grad_fn.saved_tensors
+    assert (grad_h is None) == (needs != "hidden") and (grad_w is None) == (needs != "weight")
+    out.backward()
+    if needs == "hidden":
+        torch.testing.assert_close(hidden.grad, coef @ head.weight)
+    else:
+        assert grad_w.shape == head.weight.shape and grad_w.dtype == torch.float32
+
+
+def test_final_hidden_projects_one_position_only():
+    """The model's own logits are computed for the last position only (never (B, T, V))."""
+    model = make_llama(make_tokenizer()).eval()
+    shapes = []
+    model.register_forward_hook(lambda _m, _a, out: shapes.append(tuple(out.logits.shape)))
+    with torch.no_grad():
+        hidden = final_hidden(model, {"input_ids": torch.tensor([[7, 8, 9, 10], [11, 12, 13, 14]])})
+    assert hidden.shape == (2, 4, 32)
+    assert shapes == [(2, 1, 64)]

@@ -54,6 +54,13 @@ REFUSED = {
         "missing field (the row has 'k0', 'k1', 'k2', 'k3', 'k4', 'k5', 'k6', 'k7', ...)",
         "missing field",
     ),
+    "nine fields": (
+        preference_row,
+        {f"k{i}": i for i in range(8)} | {"chosen": "yes"},
+        "rejected",
+        "missing field (the row has 'k0', 'k1', 'k2', 'k3', 'k4', 'k5', 'k6', 'k7', ...)",
+        "missing field",
+    ),
     "eight fields": (
         preference_row,
         {f"k{i}": i for i in range(7)} | {"chosen": "yes"},
@@ -200,6 +207,27 @@ REFUSED = {
     "boolean id": (preference_row, {**GOOD, "id": True}, "id", ID_TYPE + "True", None),
     "empty id": (preference_row, {**GOOD, "id": " "}, "id", ID_TYPE + "' '", None),
     "float id": (preference_row, {**GOOD, "id": 2.5}, "id", ID_TYPE + "2.5", None),
+    "surrogate in the id": (
+        preference_row,
+        {**GOOD, "id": "a\ud800"},
+        "id",
+        UNICODE.format("d800").replace("character 4", "character 1"),
+        "not valid Unicode text",
+    ),
+    "sft conversation ending with the user": (
+        sft_row,
+        {"messages": [user("a"), assistant("b"), user("c")]},
+        "messages",
+        "the conversation must end with an assistant message",
+        None,
+    ),
+    "sft turns that do not alternate": (
+        sft_row,
+        {"messages": [user("a"), user("b"), assistant("c")]},
+        "messages[1]",
+        f"role 'user' where 'assistant' was expected {ALTERNATE}",
+        "role 'user' where 'assistant' was expected",
+    ),
     "sft messages not a list": (
         sft_row,
         {"messages": "x"},
@@ -352,3 +380,28 @@ def test_accepted_multi_turn_layouts():
     assert prompt_row({"prompt": turns}) == {"prompt": turns}
     assert prompt_row({**conv}) == want
     assert prompt_row({"messages": [*turns, assistant("yes")]}) == {"prompt": turns, "response": "yes"}
+
+
+def test_no_row_at_all():
+    with pytest.raises(DataError) as info:
+        normalize_rows([], "data.jsonl", preference_row, skip_bad_rows=True)
+    assert str(info.value) == "data.jsonl: no valid rows (0 read)"
+
+
+def test_a_parser_called_alone_raises_the_reason():
+    """Outside normalize_rows (which adds row and field), the error's text is the problem itself."""
+    with pytest.raises(Exception, match=r"^empty response$"):
+        preference_row({**GOOD, "chosen": " "})
+
+
+def test_accepted_single_conversations_and_empty_system_messages():
+    """One reply a conversation and the other a string: the prompt is that conversation's prefix (whether
+    or not a `prompt` column repeats its last user turn); a system message may be empty; an SFT row with
+    `prompt` + `completion` is an SFT row for prompt_row too."""
+    conv = [user("c"), assistant("yes")]
+    want = {"prompt": [user("c")], "chosen": "yes", "rejected": "no"}
+    assert preference_row({"chosen": conv, "rejected": "no"}) == want
+    assert preference_row({"prompt": " c", "chosen": conv, "rejected": "no"}) == want
+    system = [{"role": "system", "content": ""}, user("c")]
+    assert preference_row({"prompt": system, "chosen": "yes", "rejected": "no"})["prompt"] == system
+    assert prompt_row({"prompt": "c", "completion": "ok"}) == {"prompt": [user("c")], "response": "ok"}

@@ -4,6 +4,8 @@ bin used as given (not recomputed from rounded top-k log-probs)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -45,3 +47,13 @@ def test_topk_kl_uses_the_stored_rest_bin(reduction):
     torch.testing.assert_close(
         out.double(), R.masked_reduce(expected, c.labels != L.IGNORE_INDEX, reduction), **TOL
     )
+
+
+def test_rest_bin_threshold_is_one_float_resolution():
+    """Top-k mass of exactly 1 - eps (log-sum -eps, float32) or closer counts as complete: no rest bin
+    (-inf); twice as far, the rest bin holds the remainder, log(1 - exp(-2 eps))."""
+    eps = torch.finfo(torch.float32).eps
+    assert L.topk_rest_logp(torch.tensor([[[-eps]]])).item() == -math.inf
+    assert L.topk_rest_logp(torch.tensor([[[-eps / 2, -60.0]]])).item() == -math.inf
+    got = L.topk_rest_logp(torch.tensor([[[-2 * eps]]])).item()
+    assert got == pytest.approx(math.log(-math.expm1(-2 * eps)), rel=1e-6)
