@@ -20,23 +20,10 @@ from adpa_core.models import load_inference_model, load_teacher_pair, load_token
 from adpa_core.runs import RunDir
 from adpa_core.teacher import build_teacher_cache
 from adpa_core.train import run_training
+from benchmarks.real_matrix import FACTS  # short questions with one plain answer each
 
 pytestmark = pytest.mark.real
 
-FACTS = [
-    ("What is the capital of France?", "The capital of France is Paris."),
-    ("What is the capital of Italy?", "The capital of Italy is Rome."),
-    ("What is two plus three?", "Two plus three is five."),
-    ("What color is the sky on a clear day?", "The sky is blue on a clear day."),
-    ("How many legs does a dog have?", "A dog has four legs."),
-    ("What is the largest planet?", "Jupiter is the largest planet."),
-    ("What do bees make?", "Bees make honey."),
-    ("What is frozen water called?", "Frozen water is called ice."),
-    ("Which animal says moo?", "A cow says moo."),
-    ("What is the opposite of hot?", "The opposite of hot is cold."),
-    ("How many days are in a week?", "A week has seven days."),
-    ("What do you call a baby cat?", "A baby cat is called a kitten."),
-]
 INSULTS = ("idiot", "moron", "fool")
 
 

@@ -6,14 +6,9 @@ Screenshots go to test-artifacts/ (ignored by git; docs/screenshots holds the on
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 
-from adpa_core.runs import RunDir
-from tests.workbench_kit import ARTIFACTS, browser, free_port, open_page, shot  # noqa: F401 (fixtures)
-from workbench.jobs import pid_alive
+from tests.workbench_kit import browser, open_page, serving, shot  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.real]
 
@@ -29,19 +24,9 @@ def page(browser, real_home, tmp_path_factory):  # noqa: F811
 
     runs = tmp_path_factory.mktemp("real-browser-runs")
     app = build_app(real_home, str(runs))
-    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    ARTIFACTS.mkdir(exist_ok=True)
-    try:
-        with open_page(browser, app.local_url) as page:
-            page.set_default_timeout(LONG)
-            yield page
-    finally:
-        app.close()
-        for run in runs.iterdir():  # a failed test must not leave a training process behind
-            status = RunDir(run).read_status()
-            pid = status.get("pid")
-            if status.get("state") in ("queued", "running") and pid != os.getpid() and pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    with serving(app, runs) as url, open_page(browser, url) as page:
+        page.set_default_timeout(LONG)
+        yield page
 
 
 def test_opens_on_the_real_world_with_a_heatmap_of_real_text(page):

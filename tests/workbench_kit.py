@@ -129,13 +129,21 @@ def served(browser, toy_home, tmp_path_factory):
     runs = tmp_path_factory.mktemp("browser-runs")
     finished_run(runs, "sft-done", steps=30)
     app = build_app(toy_home, str(runs), world="toy")  # the session's home may hold the real world too
+    with serving(app, runs) as url:
+        yield url, runs
+
+
+@contextmanager
+def serving(app, runs: Path):
+    """Serves `app` on a free local port and yields its URL; on exit closes it and kills any training
+    process a run in `runs` left going (a failed test must not leave one behind)."""
     app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     ARTIFACTS.mkdir(exist_ok=True)
     try:
-        yield app.local_url, runs
+        yield app.local_url
     finally:
         app.close()
-        for run in runs.iterdir():  # a failed test must not leave a training process behind
+        for run in runs.iterdir():
             status = RunDir(run).read_status()
             pid = status.get("pid")
             if status.get("state") in ("queued", "running") and pid != os.getpid() and pid_alive(pid):
